@@ -1,0 +1,35 @@
+# Two commands for a new user (see README.md):
+#   make run    set everything up, then run the main job on the embedded defaults
+#   make test   set everything up, then run the test suite
+# Everything installs into .venv from pyproject.toml; nothing is installed by hand.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/demo.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	HF_HUB_OFFLINE=1 $(PY) -m jobs.pipeline --config $(CONFIG)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/retrieval.py
+
+clean:
+	rm -rf outputs .pytest_cache

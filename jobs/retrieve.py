@@ -1,0 +1,21 @@
+"""Retrieve passages for every query: ``python -m jobs.retrieve --config configs/retrieve.yaml``."""
+
+import sys
+
+from jobs._door import run
+from rac.retrieval import RetrieveConfig, format_examples, read_retrieved, run_retrieve
+
+
+def main(cfg: RetrieveConfig) -> None:
+    summary = run_retrieve(cfg)
+    if cfg.show:
+        print(format_examples(read_retrieved(cfg.output_dir).to_pylist()[: cfg.show]))
+    print(f"{summary['with_passages']} of {summary['records']} queries retrieved, {summary['error_rows']} "
+          f"error rows ({cfg.output_dir}/errors.jsonl); outputs in {cfg.output_dir}")
+    if summary["server_failures"]:
+        raise RuntimeError(f"the search server failed for {summary['server_failures']} rows; they are "
+                           f"recorded in {cfg.output_dir}/errors.jsonl")
+
+
+if __name__ == "__main__":
+    sys.exit(run(RetrieveConfig, main))

@@ -1,0 +1,203 @@
+"""The indexing and retrieval stages on Ray Data.
+
+Both are callable classes applied with ``map_batches`` on an actor pool: each actor builds
+its own client (or loads the embedded index) once in ``__init__``; nothing with a socket
+is pickled from the driver. Every row comes out: with its passages, or with an ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rac.config import ActorPoolConfig, write_run_info
+from rac.data.prepare import prepare_data
+from rac.data.schema import PASSAGE_TYPE, records_to_table
+from rac.retrieval.base import IndexMissingError, RetrievalError, Retriever, query_error
+from rac.retrieval.config import IndexConfig, RetrieveConfig, RetrieverConfig
+from rac.retrieval.elasticsearch import ElasticsearchRetriever
+from rac.retrieval.embedded import PARAMS_FILE, EmbeddedBM25Retriever
+
+logger = logging.getLogger(__name__)
+
+RETRIEVED_DIR = "retrieved"
+#: Prefix of the error of a row whose search the server could not answer (not bad input).
+SERVER_FAILURE = "retrieval failed: "
+
+
+def make_retriever(cfg: RetrieverConfig) -> Retriever:
+    """The configured backend: Elasticsearch when a URL is set, else embedded BM25."""
+    if cfg.backend == "elasticsearch":
+        return ElasticsearchRetriever(cfg.elasticsearch, k1=cfg.k1, b=cfg.b)
+    return EmbeddedBM25Retriever(cfg.index_dir)
+
+
+def check_retriever(cfg: RetrieverConfig) -> None:
+    """Fail fast in the driver, before any actor starts: server up, index present."""
+    if cfg.backend == "elasticsearch":
+        es = ElasticsearchRetriever(cfg.elasticsearch, k1=cfg.k1, b=cfg.b)
+        try:
+            es.check_ready(need_index=True)
+        finally:
+            es.close()
+    elif not (Path(cfg.index_dir) / PARAMS_FILE).is_file():
+        raise IndexMissingError(f"no embedded BM25 index in {cfg.index_dir}; run `python -m jobs.index` first "
+                                f"or set retriever.index_dir to the directory it wrote")
+
+
+class RetrieveBatch:
+    """Ray Data stage: adds ``passages`` (top-k, best first) or ``error`` to each row."""
+
+    def __init__(self, cfg: RetrieverConfig):
+        self.cfg = cfg
+        self.retriever = make_retriever(cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        queries = batch.column("query").to_pylist()
+        errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(queries)
+        passages: list[list[dict[str, Any]] | None] = [None] * len(queries)
+        todo = []
+        for i, q in enumerate(queries):
+            if errors[i] is None:
+                errors[i] = query_error(q, self.cfg.max_query_chars)
+            if errors[i] is None:
+                todo.append(i)
+        if todo:
+            try:
+                found = self.retriever.search([queries[i] for i in todo], self.cfg.top_k)
+            except RetrievalError as e:
+                # The server is gone for the whole batch: record it on every row and go on,
+                # so the run ends with all rows accounted for and the reason on each.
+                found = [f"{SERVER_FAILURE}{e}"] * len(todo)
+            for i, result in zip(todo, found, strict=True):
+                if isinstance(result, str):
+                    errors[i] = result
+                else:
+                    passages[i] = result
+        batch = _set_column(batch, "passages", pa.array(passages, type=pa.list_(PASSAGE_TYPE)))
+        return _set_column(batch, "error", pa.array(errors, type=pa.string()))
+
+
+class IndexBatch:
+    """Ray Data stage: bulk-indexes a shard of the corpus; one ``{id, error}`` row per passage."""
+
+    def __init__(self, cfg: RetrieverConfig):
+        self.es = ElasticsearchRetriever(cfg.elasticsearch, k1=cfg.k1, b=cfg.b)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        passages = batch.select(["id", "text", "source"]).to_pylist()
+        failed = {f["id"]: f["error"] for f in self.es.index_passages(passages)}
+        ids = [p["id"] for p in passages]
+        return pa.table({"id": ids, "error": pa.array([failed.get(i) for i in ids], type=pa.string())})
+
+
+def _set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def run_index(cfg: IndexConfig) -> dict[str, Any]:
+    """Build the passage corpus from ``cfg.data`` and index it into the configured backend.
+
+    Writes ``corpus.parquet``, ``index_errors.jsonl`` (one line per passage not indexed,
+    with the reason) and the run info to ``cfg.output_dir``. Returns a summary with
+    ``passages``, ``indexed`` and ``failed`` counts (``passages == indexed + failed``).
+    """
+    import ray
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _, corpus = prepare_data(cfg.data)
+    pq.write_table(pa.Table.from_pylist(corpus), out / "corpus.parquet")
+    rcfg = cfg.retriever
+    failures: list[dict[str, str]] = []
+    if rcfg.backend == "embedded":
+        EmbeddedBM25Retriever.build(corpus, rcfg.index_dir, k1=rcfg.k1, b=rcfg.b)
+        indexed = len(corpus)
+    else:
+        es = ElasticsearchRetriever(rcfg.elasticsearch, k1=rcfg.k1, b=rcfg.b)
+        try:
+            es.check_ready(need_index=False)
+            es.create_index(recreate=cfg.recreate)
+            shards = max(1, min(len(corpus) // cfg.pool.batch_size + 1, 4 * cfg.pool.max_size))
+            ds = ray.data.from_items(corpus, override_num_blocks=shards)
+            results = ds.map_batches(IndexBatch, fn_constructor_args=(rcfg,), batch_format="pyarrow",
+                                     **cfg.pool.map_batches_kwargs())
+            table = pa.concat_tables(ray.get(results.to_arrow_refs()))
+            if table.num_rows != len(corpus):  # the stage maps row for row; anything else is a bug
+                raise RuntimeError(f"indexing returned {table.num_rows} rows for {len(corpus)} passages")
+            failures = table.filter(pc.is_valid(table.column("error"))).to_pylist()
+            es.refresh()
+            indexed = es.count()
+        finally:
+            es.close()
+    with (out / "index_errors.jsonl").open("w") as f:
+        for row in failures:
+            f.write(json.dumps(row) + "\n")
+    summary = {"backend": rcfg.backend, "passages": len(corpus), "indexed": indexed, "failed": len(failures)}
+    write_run_info(out, "index", cfg, summary=summary)
+    logger.info("index: %s", summary)
+    return summary
+
+
+def retrieve_dataset(ds: Any, retriever: RetrieverConfig, pool: ActorPoolConfig) -> Any:
+    """The lazy retrieval stage: ``ds`` rows (with ``query``) gain ``passages`` and ``error``."""
+    return ds.map_batches(RetrieveBatch, fn_constructor_args=(retriever,), batch_format="pyarrow",
+                          **pool.map_batches_kwargs())
+
+
+def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
+    """Retrieve passages for every record of ``cfg.data`` and write Parquet shards.
+
+    Output in ``cfg.output_dir``: ``retrieved/`` (Parquet shards of the record schema,
+    every input record exactly once, by id), ``errors.jsonl`` (the rows with an error),
+    ``dropped.jsonl`` (input rows the loader did not make records, and why), run info.
+    """
+    import ray
+
+    check_retriever(cfg.retriever)
+    loaded, _ = prepare_data(cfg.data)
+    out = Path(cfg.output_dir)
+    shards_dir = out / RETRIEVED_DIR
+    if shards_dir.exists():
+        shutil.rmtree(shards_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = records_to_table(loaded.records)
+    num_blocks = max(1, min(table.num_rows // cfg.pool.batch_size + 1, 4 * cfg.pool.max_size))
+    ds = ray.data.from_arrow(table).repartition(num_blocks)
+    retrieve_dataset(ds, cfg.retriever, cfg.pool).write_parquet(str(shards_dir))
+    written = pq.read_table(shards_dir, columns=["id", "query", "error"])
+    ids = written.column("id").to_pylist()
+    if len(ids) != len(loaded.records) or set(ids) != {r["id"] for r in loaded.records}:
+        raise RuntimeError(f"retrieval wrote {len(ids)} rows for {len(loaded.records)} records")
+    errors = written.filter(pc.is_valid(written.column("error")))
+    with (out / "errors.jsonl").open("w") as f:
+        for row in errors.to_pylist():
+            f.write(json.dumps(row) + "\n")
+    with (out / "dropped.jsonl").open("w") as f:
+        for row in loaded.dropped:
+            f.write(json.dumps(row) + "\n")
+    server_failures = sum(e.startswith(SERVER_FAILURE) for e in errors.column("error").to_pylist())
+    summary = {"backend": cfg.retriever.backend, "rows_in": loaded.rows_in, "records": len(loaded.records),
+               "with_passages": len(ids) - errors.num_rows, "error_rows": errors.num_rows,
+               "server_failures": server_failures, "dropped_rows": len(loaded.dropped)}
+    write_run_info(out, "retrieve", cfg, summary=summary)
+    logger.info("retrieve: %s", summary)
+    return summary
+
+
+def read_retrieved(output_dir: str | Path) -> pa.Table:
+    """The records a retrieval run wrote, sorted by id."""
+    table = pq.read_table(Path(output_dir) / RETRIEVED_DIR)
+    return table.sort_by("id")
