@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+
+from rac.testing.es_server import free_port, local_es_server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -40,55 +35,15 @@ def ray_local():
     ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"test server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
 @pytest.fixture(scope="session")
 def es_url():
-    """An Elasticsearch-API server: RAC_TEST_ES_URL if set, else noida-db started here.
-
-    The process started here is stopped by its own handle at the end of the session.
-    """
+    """An Elasticsearch-API server: RAC_TEST_ES_URL if set, else noida-db started here
+    (and stopped at the end of the session by its own handle)."""
     if os.environ.get("RAC_TEST_ES_URL"):
         yield os.environ["RAC_TEST_ES_URL"].rstrip("/")
         return
-    binary = shutil.which("noida-db", path=str(Path(sys.executable).parent)) or shutil.which("noida-db")
-    if binary is None:
-        pytest.fail("noida-db is not installed: run `make test` (it installs the dev extras)")
-    port = _free_port()
-    data_dir = tempfile.mkdtemp(prefix="rac-es-")
-    log = open(Path(data_dir) / "server.log", "w")
-    proc = subprocess.Popen(
-        [binary, "start", "--data-dir", data_dir, "--host", "127.0.0.1", "--only", "elasticsearch",
-         "--elasticsearch-port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(url, timeout=30, proc=proc)
+    with local_es_server() as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -107,4 +62,4 @@ def es_config(es_url):
 @pytest.fixture
 def dead_url() -> str:
     """A URL on 127.0.0.1 where nothing listens."""
-    return f"http://127.0.0.1:{_free_port()}"
+    return f"http://127.0.0.1:{free_port()}"

@@ -1,14 +1,9 @@
 """The Elasticsearch backend against a real Elasticsearch-API server on 127.0.0.1."""
 
 import random
-import shutil
-import socket
 import string
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +15,7 @@ from rac.retrieval import (
     IndexMissingError,
     ServerUnavailableError,
 )
+from rac.testing.es_server import free_port, start_server, stop_server
 from tests.retrieval.bm25_reference import ReferenceBM25
 
 
@@ -168,28 +164,16 @@ def test_unreachable_server_fails_after_bounded_retries(dead_url, monkeypatch, c
 
 def test_transient_outage_is_retried(tmp_path):
     """A server that comes up while the client is backing off is reached without an error."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = shutil.which("noida-db", path=str(Path(sys.executable).parent)) or shutil.which("noida-db")
-    if binary is None:
-        pytest.skip("needs the noida-db binary to start a second server on a port of its own")
-    cfg = ElasticsearchConfig(url=f"http://127.0.0.1:{port}", max_retries=6, retry_backoff=0.5)
-    es = ElasticsearchRetriever(cfg)
-    proc = None
+    port = free_port()
+    es = ElasticsearchRetriever(ElasticsearchConfig(url=f"http://127.0.0.1:{port}", max_retries=6,
+                                                    retry_backoff=0.5))
+    started = []
+    timer = threading.Timer(1.0, lambda: started.append(start_server(port, tmp_path)))
+    timer.start()
     try:
-        def start_late():
-            nonlocal proc
-            time.sleep(1.0)
-            proc = subprocess.Popen([binary, "start", "--data-dir", str(tmp_path), "--only", "elasticsearch",
-                                     "--elasticsearch-port", str(port)], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-
-        t = threading.Thread(target=start_late)
-        t.start()
         es.check_ready(need_index=False)  # retries through the outage
-        t.join()
+        assert started, "the call cannot succeed before the server exists"
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
+        timer.join()
+        for proc in started:
+            stop_server(proc)

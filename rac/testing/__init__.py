@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks (like ``ray.cluster_utils``): not used by the stages."""
