@@ -1,0 +1,15 @@
+"""Train with the joint objective: ``python -m jobs.train_rac --config configs/rac.yaml``."""
+
+import sys
+
+from jobs._door import run
+from rac.training import RACConfig, run_rac
+
+
+def main(cfg: RACConfig) -> None:
+    summary = run_rac(cfg)
+    print(f"RAC training done: model in {summary['model_dir']}; final metrics {summary['final_metrics']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run(RACConfig, main))

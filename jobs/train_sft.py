@@ -1,0 +1,16 @@
+"""Train p_theta0 (grounded) or p_uncond (ungrounded): ``python -m jobs.train_sft --config configs/sft.yaml``."""
+
+import sys
+
+from jobs._door import run
+from rac.training import SFTConfig, run_sft
+
+
+def main(cfg: SFTConfig) -> None:
+    summary = run_sft(cfg)
+    print(f"{'grounded' if cfg.grounded else 'ungrounded'} SFT done: model in {summary['model_dir']}; "
+          f"final metrics {summary['final_metrics']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run(SFTConfig, main))

@@ -1,0 +1,65 @@
+"""Tiny models built from a config, for tests and benchmarks: a byte-level BPE tokenizer
+trained on the data at hand and a 2-layer causal LM. Nothing is downloaded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+EOS = "<|endoftext|>"
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts`` (EOS doubles as BOS and PAD)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS,
+                                   padding_side="left")
+
+
+def tiny_causal_lm(tokenizer: Any, arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 4,
+                   seed: int = 0) -> Any:
+    """A randomly initialised causal LM of ``layers`` layers for ``tokenizer``."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    torch.manual_seed(seed)
+    common = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+              "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if arch == "llama":
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1024,
+                             tie_word_embeddings=True, **common)
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=1024, **common)
+    else:
+        raise ValueError(f"arch must be 'llama' or 'gpt2', got {arch!r}")
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def demo_texts() -> list[str]:
+    """Texts of the built-in demo set (queries, passages, questions) for tokenizer training."""
+    from rac.data import load_data
+
+    data = load_data("demo")
+    return [d["text"] for d in data.documents] + [r["query"] for r in data.records] + \
+        [r["question"] for r in data.records]
+
+
+def save_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, tokenizer: Any = None,
+                    **kwargs: Any) -> Path:
+    """Write a tiny model and its tokenizer to ``path`` (loadable by ``from_pretrained``)."""
+    path = Path(path)
+    tokenizer = tokenizer or train_tiny_tokenizer(demo_texts())
+    model = tiny_causal_lm(tokenizer, arch=arch, seed=seed, **kwargs)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path

@@ -1,0 +1,111 @@
+"""Driver side of training: check everything that can be checked before a worker starts,
+then run the loop on Ray Train (``TorchTrainer``) with checkpoints that resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from rac.config import ConfigError, write_run_info
+from rac.training.config import RACConfig, SFTConfig, TrainConfig
+from rac.training.loop import EXPORT_DIR, METRICS_FILE, global_batch_size, train_loop_per_worker, training_rows
+
+logger = logging.getLogger(__name__)
+
+
+def check_resources(cfg: TrainConfig) -> None:
+    """Refuse a scaling config the running cluster cannot place right now."""
+    import ray
+
+    if not cfg.scaling.check_resources:
+        return
+    total = ray.cluster_resources()
+    need_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    if need_cpu > total.get("CPU", 0):
+        raise ConfigError(
+            f"scaling asks for {cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker:g} CPU = {need_cpu:g} "
+            f"CPUs, the cluster has {total.get('CPU', 0):g}; lower scaling.num_workers or cpus_per_worker "
+            f"(or set scaling.check_resources: false on an autoscaling cluster)")
+    if cfg.scaling.use_gpu and cfg.scaling.num_workers > total.get("GPU", 0):
+        raise ConfigError(f"scaling asks for {cfg.scaling.num_workers} GPUs, the cluster has {total.get('GPU', 0):g}; "
+                          f"lower scaling.num_workers or set scaling.use_gpu: false")
+
+
+def preflight(cfg: TrainConfig) -> int:
+    """Every check that needs no worker: model, data and its columns, batch, resources.
+
+    Returns the number of usable training rows.
+    """
+    cfg.model.check_exists()
+    rows = training_rows(cfg)
+    if len(rows) < global_batch_size(cfg):
+        raise ConfigError(f"{len(rows)} training rows in {cfg.input_dir}, fewer than one global batch "
+                          f"({global_batch_size(cfg)} = workers x per_worker_batch_size x accumulation); "
+                          f"lower per_worker_batch_size or scaling.num_workers")
+    check_resources(cfg)
+    return len(rows)
+
+
+def _absolute(cfg: TrainConfig) -> TrainConfig:
+    """Paths made absolute: workers do not share the driver's working directory."""
+    model = dataclasses.replace(cfg.model, path=str(Path(cfg.model.path).resolve()))
+    return dataclasses.replace(cfg, input_dir=str(Path(cfg.input_dir).resolve()),
+                               output_dir=str(Path(cfg.output_dir).resolve()), model=model)
+
+
+def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says (SFT or the joint objective); returns a summary.
+
+    ``kill_at_step`` is a test hook: one worker is killed (SIGKILL) once at that step.
+
+    Outputs in ``cfg.output_dir``: ``model/`` (Hugging Face format), ``metrics.jsonl``,
+    ``ray/<run_name>/`` (Ray Train checkpoints), ``config.yaml`` and ``run_info.json``.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    rows = preflight(cfg)
+    cfg = _absolute(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = "train_rac" if isinstance(cfg, RACConfig) else "train_sft"
+    write_run_info(out, stage, cfg, rows=rows)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "kill_at_step": kill_at_step,
+                           "storage_dir": str(out / "ray" / cfg.run_name)},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.run_name, storage_path=str(out / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.max_failures)),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    summary = {"stage": stage, "rows": rows, "model_dir": str(out / EXPORT_DIR),
+               "checkpoint": result.checkpoint.path if result.checkpoint else None,
+               "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}}
+    write_run_info(out, stage, cfg, rows=rows, summary=summary)
+    return summary
+
+
+def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-step metrics a run logged (all attempts, in order)."""
+    path = Path(output_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run_sft(cfg: SFTConfig) -> dict[str, Any]:
+    """Step 1 (grounded, p_theta0) or step 2 (ungrounded, p_uncond) of the method."""
+    return run_training(cfg)
+
+
+def run_rac(cfg: RACConfig) -> dict[str, Any]:
+    """Step 4 of the method: the joint objective on T2, starting from p_theta0."""
+    return run_training(cfg)

@@ -1,0 +1,136 @@
+"""Training on real local Ray Train + DeepSpeed (2 CPU workers, gloo), with a tiny model."""
+
+import dataclasses
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rac.config import ConfigError, parse_config
+from rac.data.config import DataConfig
+from rac.data.prepare import prepare_data
+from rac.data.schema import records_to_table
+from rac.models import ModelConfig, load_tokenizer
+from rac.retrieval import EmbeddedBM25Retriever
+from rac.testing.tiny import save_tiny_model
+from rac.training import RACConfig, SFTConfig, read_metrics, run_training
+from rac.training.config import DeepSpeedSection, ScalingSection
+from rac.training.loop import build_examples, schedule
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """Retrieved demo rows (record schema) and T2 pairs, written without Ray."""
+    root = tmp_path_factory.mktemp("train-data")
+    loaded, corpus = prepare_data(DataConfig())
+    EmbeddedBM25Retriever.build(corpus, root / "bm25")
+    hits = EmbeddedBM25Retriever(root / "bm25").search([r["query"] for r in loaded.records], 3)
+    records = [{**r, "passages": h} for r, h in zip(loaded.records, hits, strict=True)]
+    (root / "retrieved").mkdir()
+    pq.write_table(records_to_table(records), root / "retrieved" / "part-0.parquet")
+    # T2 stand-in: the gold question against the question of another facet of the same topic.
+    by_topic = {}
+    for r in records:
+        by_topic.setdefault(r["topic_id"], []).append(r)
+    pairs = [{"id": r["id"], "query": r["query"], "passages": r["passages"], "topic_id": r["topic_id"],
+              "chosen": r["question"], "rejected": group[(i + 1) % len(group)]["question"], "error": None}
+             for group in by_topic.values() for i, r in enumerate(group)]
+    import pyarrow as pa
+
+    (root / "negatives").mkdir()
+    pq.write_table(pa.Table.from_pylist(pairs), root / "negatives" / "part-0.parquet")
+    model = save_tiny_model(root / "tiny-model")
+    return root, model
+
+
+def sft_config(demo_dir, out, **kw):
+    root, model = demo_dir
+    base = SFTConfig(input_dir=str(root / "retrieved"), output_dir=str(out), run_name="sft",
+                     model=ModelConfig(path=str(model)), per_worker_batch_size=4, learning_rate=2e-3,
+                     max_length=256, eval_steps=4, logging_steps=1, max_failures=0,
+                     scaling=ScalingSection(num_workers=2), deepspeed=DeepSpeedSection(zero_stage=2))
+    return dataclasses.replace(base, **kw)
+
+
+def test_sft_lowers_loss_resumes_where_it_stopped_and_exports(ray_local, demo_dir, tmp_path):
+    probe = sft_config(demo_dir, tmp_path / "probe")
+    per_epoch, _ = schedule(probe, len(build_examples(probe, load_tokenizer(probe.model.path))[0]))
+    assert per_epoch >= 3
+    total = per_epoch + 3
+    # Uninterrupted run.
+    full = sft_config(demo_dir, tmp_path / "full", max_steps=total, save_steps=per_epoch)
+    summary = run_training(full)
+    ref = {m["step"]: m for m in read_metrics(full.output_dir)}
+    assert sorted(ref) == list(range(1, total + 1))
+    assert ref[total]["loss"] < ref[1]["loss"] - 0.1
+    # Killed one step past the checkpoint at the epoch boundary, then run again.
+    cut = sft_config(demo_dir, tmp_path / "cut", max_steps=total, save_steps=per_epoch)
+    with pytest.raises(Exception):  # noqa: B017 - Ray's error type for a dead worker varies
+        run_training(cut, kill_at_step=per_epoch + 1)
+    run_training(cut)
+    steps = [m["step"] for m in read_metrics(cut.output_dir)]
+    assert steps == list(range(1, total + 1)), "a step was repeated or skipped"
+    for m in read_metrics(cut.output_dir):
+        assert m["loss"] == pytest.approx(ref[m["step"]]["loss"], abs=1e-5), f"step {m['step']} differs"
+    # The exported model reloads with from_pretrained, generates, and is not the initial model.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
+    tok = load_tokenizer(summary["model_dir"])
+    out = model.generate(**tok(["Query: jaguar\nClarifying question:"], return_tensors="pt"), max_new_tokens=5,
+                         do_sample=False)
+    assert out.shape[1] > 5
+    initial = AutoModelForCausalLM.from_pretrained(full.model.path)
+    assert not torch.equal(model.lm_head.weight, initial.lm_head.weight)
+
+
+def rac_config(demo_dir, out, **kw):
+    root, model = demo_dir
+    base = RACConfig(input_dir=str(root / "negatives"), output_dir=str(out), run_name="rac",
+                     model=ModelConfig(path=str(model)), per_worker_batch_size=4, learning_rate=2e-3,
+                     max_length=256, max_steps=4, save_steps=2, eval_steps=4, gamma=0.5, beta=0.1,
+                     scaling=ScalingSection(num_workers=2), deepspeed=DeepSpeedSection(zero_stage=3))
+    return dataclasses.replace(base, **kw)
+
+
+def test_rac_zero3_survives_a_killed_worker_and_logs_each_term(ray_local, demo_dir, tmp_path):
+    cfg = rac_config(demo_dir, tmp_path, max_failures=1)
+    summary = run_training(cfg, kill_at_step=3)  # recovers from the step-2 checkpoint
+    metrics = read_metrics(cfg.output_dir)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for m in metrics:
+        assert {"loss", "dpo_loss", "sft_loss", "reward_margin", "reward_accuracy"} <= set(m)
+        assert m["loss"] == pytest.approx(0.5 * m["dpo_loss"] + 0.5 * m["sft_loss"], abs=1e-5)
+    # Step 1 starts from the reference itself: the precomputed reference log-probs equal the
+    # policy's, so every reward is 0 and the DPO loss is log 2.
+    assert metrics[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert metrics[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics[-1]["loss"] < metrics[0]["loss"] and metrics[-1]["sft_loss"] < metrics[0]["sft_loss"]
+    assert all(abs(m["reward_margin"]) > 1e-4 for m in metrics[1:])  # the policy left the reference
+    assert "eval_dpo_loss" in metrics[-1]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])  # ZeRO-3 weights gathered
+    assert sum(p.numel() for p in model.parameters()) > 100_000
+
+
+def test_reference_model_forward_matches_precomputed(ray_local, demo_dir, tmp_path):
+    cfg = rac_config(demo_dir, tmp_path, precompute_ref_logps=False, max_steps=1, save_steps=1,
+                     deepspeed=DeepSpeedSection(zero_stage=2))
+    run_training(cfg)
+    (first,) = read_metrics(cfg.output_dir)
+    assert first["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_bad_configs_fail_before_any_worker_starts(ray_local, demo_dir, tmp_path):
+    root, model = demo_dir
+    with pytest.raises(ConfigError, match=r"gamma must be in \[0, 1\], got 1.5"):
+        parse_config(RACConfig, ["--gamma", "1.5"])
+    with pytest.raises(ConfigError, match="lacks column.*chosen"):
+        run_training(rac_config(demo_dir, tmp_path / "a", input_dir=str(root / "retrieved")))
+    with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
+        run_training(rac_config(demo_dir, tmp_path / "b", model=ModelConfig(path=str(tmp_path / "nope"))))
+    with pytest.raises(ConfigError, match="3 workers x 1 CPU = 3 CPUs, the cluster has 2"):
+        run_training(rac_config(demo_dir, tmp_path / "c", scaling=ScalingSection(num_workers=3)))
+    assert not any((tmp_path / d / "ray").exists() for d in "abc")
