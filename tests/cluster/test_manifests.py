@@ -1,0 +1,53 @@
+"""Cluster configs name entry points and files that exist."""
+
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+CLUSTER = REPO / "cluster"
+
+
+def _entry_points(text: str) -> list[tuple[str, str | None]]:
+    """(module, config) pairs of every `python -m jobs.X [--config Y]` in a text."""
+    return re.findall(r"python -m (jobs\.\w+)(?:\s+--config\s+(\S+))?", text)
+
+
+@pytest.mark.parametrize("name", ["runtime_env.yaml", "cluster.yaml", "rayjob.yaml", "rayservice.yaml"])
+def test_config_parses_and_names_what_exists(name):
+    path = CLUSTER / name
+    if not path.exists():
+        pytest.skip(f"{name} not written yet")
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert docs and all(isinstance(d, dict) for d in docs)
+    text = path.read_text()
+    for module, config in _entry_points(text):
+        assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{name}: {module} does not exist"
+        if config:
+            assert (REPO / config).is_file(), f"{name}: {config} does not exist"
+    for import_path in re.findall(r"import_path:\s*(\S+)", text):
+        module = import_path.split(":")[0]
+        assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{name}: {import_path} does not exist"
+
+
+def test_rayjob_has_token_auth_and_a_gpu_group_that_scales_from_zero():
+    spec = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())["spec"]
+    assert spec["rayClusterSpec"]["authOptions"]["mode"] == "token"
+    groups = {g["groupName"]: g for g in spec["rayClusterSpec"]["workerGroupSpecs"]}
+    assert groups["gpu"]["minReplicas"] == 0 and groups["gpu"]["maxReplicas"] >= 1
+    assert _entry_points(spec["entrypoint"]) == [("jobs.pipeline", "configs/qulac.yaml")]
+
+
+def test_launcher_has_cpu_and_gpu_groups():
+    cfg = yaml.safe_load((CLUSTER / "cluster.yaml").read_text())
+    types = cfg["available_node_types"]
+    assert types["gpu_workers"]["min_workers"] == 0 and types["gpu_workers"]["resources"]["GPU"] >= 1
+    assert "GPU" not in types["cpu_workers"]["resources"]
+
+
+def test_runtime_env_excludes_outputs_and_git():
+    env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "."
+    assert {".git", "outputs", ".venv", "checkpoints"} <= set(env["excludes"])
