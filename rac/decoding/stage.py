@@ -1,0 +1,353 @@
+"""The negatives stage on Ray Data: T2 rows in, (chosen, rejected) pairs out.
+
+Each actor of the pool loads the grounded and the ungrounded model once and decodes
+``pool.batch_size`` rows at a time with :class:`~rac.decoding.mixture.MixtureDecoder`.
+The driver writes every output block as its own Parquet part (written to a temporary name,
+then renamed, so a part is either whole or absent). A run that is killed and started again
+reads the ids already written and decodes only the others: nothing is lost, nothing is
+written twice. Every input row of the selected splits comes out exactly once, with its
+negative or with an ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rac.config import ConfigError, write_run_info
+from rac.data.loaders import DataFormatError
+from rac.data.schema import PASSAGE_TYPE
+from rac.decoding.config import NegativesConfig
+from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
+from rac.decoding.models import (
+    check_model_dir,
+    check_same_tokenizer,
+    load_causal_lm,
+    model_revision,
+    resolve_device,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Folder of ``output_dir`` holding the Parquet parts.
+NEGATIVES_DIR = "negatives"
+#: Sampling settings and model fingerprints of the parts in NEGATIVES_DIR.
+PARAMS_FILE = "params.json"
+#: Prefix of the error of a row whose decoding raised (not bad input).
+GENERATION_FAILURE = "generation failed: "
+
+NEGATIVES_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("query", pa.string()),
+    ("passages", pa.list_(PASSAGE_TYPE)),
+    ("passages_used", pa.int32()),
+    ("chosen", pa.string()),
+    ("rejected", pa.string()),
+    ("rejected_token_ids", pa.list_(pa.int32())),
+    ("provenance", pa.list_(pa.int8())),
+    ("mixing_rate", pa.float64()),
+    ("finish_reason", pa.string()),
+    ("alpha", pa.float64()),
+    ("seed", pa.int64()),
+    ("grounded_model", pa.string()),
+    ("ungrounded_model", pa.string()),
+    ("topic_id", pa.string()),
+    ("facet_id", pa.string()),
+    ("split", pa.string()),
+    ("error", pa.string()),
+])
+NEGATIVES_SCHEMA = NEGATIVES_SCHEMA.with_metadata({
+    "provenance": "per generated token: 1 = from ungrounded_model (p_uncond, a_t = 1), "
+                  "0 = from grounded_model (p_theta0)",
+    "mixing_rate": "realised share of ungrounded tokens, mean(provenance)",
+})
+
+INPUT_COLUMNS = ("id", "query", "question", "passages", "split", "error")
+
+
+def input_error(row: dict[str, Any]) -> str | None:
+    """Why a retrieved row cannot get a negative, or None."""
+    if row.get("error"):
+        return f"input row has an error: {row['error']}"
+    if not row.get("passages"):
+        return "no passages retrieved; the grounded prompt needs at least one"
+    if not (row.get("question") or "").strip():
+        return "no gold question (chosen) for this row"
+    if not (row.get("query") or "").strip():
+        return "empty query"
+    return None
+
+
+class NegativesBatch:
+    """Ray Data stage: one mixture-decoded negative (or an error) per row.
+
+    Parameters
+    ----------
+    cfg
+        The stage config (models, sampling, device).
+    revisions
+        ``{"grounded_model": ..., "ungrounded_model": ...}`` fingerprints computed once by
+        the driver, written on every row.
+    """
+
+    def __init__(self, cfg: NegativesConfig, revisions: dict[str, str]):
+        from rac.models import load_tokenizer
+
+        self.cfg, self.revisions = cfg, revisions
+        device = resolve_device(cfg.device, cfg.pool.num_gpus)
+        self.tokenizer = load_tokenizer(cfg.grounded_model)
+        self.decoder = MixtureDecoder(load_causal_lm(cfg.grounded_model, cfg.dtype, device),
+                                      load_causal_lm(cfg.ungrounded_model, cfg.dtype, device),
+                                      self.tokenizer, cfg.sampling_params())
+        logger.info("negatives actor ready on %s", device)
+
+    def _prompts(self, row: dict[str, Any]) -> tuple[str, str, int] | str:
+        from rac.models import PromptTooLongError, build_prompt
+
+        try:
+            grounded = build_prompt(self.tokenizer, row["query"], row["passages"], grounded=True,
+                                    max_tokens=self.cfg.max_prompt_tokens)
+            ungrounded = build_prompt(self.tokenizer, row["query"], grounded=False,
+                                      max_tokens=self.cfg.max_prompt_tokens)
+        except PromptTooLongError as e:
+            return f"prompt too long: {e}"
+        if grounded.passages_used == 0:
+            return f"no passage fits the prompt budget of max_prompt_tokens={self.cfg.max_prompt_tokens}"
+        return grounded.text, ungrounded.text, grounded.passages_used
+
+    def _decode(self, todo: list[tuple[int, str, str, int]]) -> dict[int, MixtureSample | str]:
+        """Decode the rows together; if that raises, row by row, so one bad row fails alone."""
+        try:
+            samples = self.decoder.generate([t[1] for t in todo], [t[2] for t in todo], [t[3] for t in todo])
+            return {t[0]: s for t, s in zip(todo, samples, strict=True)}
+        except Exception as e:  # noqa: BLE001 - recorded on the rows, never kills the run
+            if len(todo) == 1:
+                return {todo[0][0]: f"{GENERATION_FAILURE}{type(e).__name__}: {e}"}
+            logger.warning("batch of %d failed (%s: %s); retrying row by row", len(todo), type(e).__name__, e)
+            return {k: v for t in todo for k, v in self._decode([t]).items()}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out = []
+        todo: list[tuple[int, str, str, int]] = []
+        for i, row in enumerate(rows):
+            seed = row_seed(self.cfg.seed, row["id"])
+            out.append({"id": row["id"], "query": row.get("query"), "passages": row.get("passages"),
+                        "passages_used": None, "chosen": row.get("question"), "rejected": None,
+                        "rejected_token_ids": None, "provenance": None, "mixing_rate": None, "finish_reason": None,
+                        "alpha": self.cfg.alpha, "seed": seed, **self.revisions, "topic_id": row.get("topic_id"),
+                        "facet_id": row.get("facet_id"), "split": row.get("split"), "error": input_error(row)})
+            if out[-1]["error"] is None:
+                prompts = self._prompts(row)
+                if isinstance(prompts, str):
+                    out[-1]["error"] = prompts
+                else:
+                    out[-1]["passages_used"] = prompts[2]
+                    todo.append((i, prompts[0], prompts[1], seed))
+        if todo:
+            for i, sample in self._decode(todo).items():
+                if isinstance(sample, str):
+                    out[i]["error"] = sample
+                else:
+                    out[i].update(rejected=sample.text, rejected_token_ids=sample.token_ids,
+                                  provenance=sample.provenance, mixing_rate=sample.mixing_rate,
+                                  finish_reason=sample.finish_reason)
+        return pa.Table.from_pylist(out, schema=NEGATIVES_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- input and output
+
+
+def read_input(input_dir: str | Path, splits: list[str]) -> pa.Table:
+    """The retrieval stage's rows of ``splits``, sorted by id.
+
+    ``input_dir`` is a retrieval output directory (shards under ``retrieved/``) or the
+    folder of shards itself.
+    """
+    from rac.retrieval.stage import RETRIEVED_DIR
+
+    path = Path(input_dir)
+    shards = path / RETRIEVED_DIR if (path / RETRIEVED_DIR).is_dir() else path
+    if not shards.is_dir() or not any(shards.glob("*.parquet")):
+        raise FileNotFoundError(f"no retrieval output in {input_dir} (no Parquet shards in {shards}); "
+                                f"run `python -m jobs.retrieve` first or set input_dir to its output_dir")
+    table = pq.read_table(shards)
+    missing = [c for c in INPUT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataFormatError(shards, "", f"columns {missing} are missing; expected the record schema "
+                                          f"(rac.data.schema.RECORD_SCHEMA) written by jobs.retrieve")
+    ids = table.column("id")
+    if pc.count_distinct(ids).as_py() != table.num_rows:
+        raise DataFormatError(shards, "", "ids are not unique; every row needs its own stable id")
+    table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(splits, type=pa.string())))
+    return table.sort_by("id")
+
+
+def written_ids(parts_dir: str | Path) -> set[str]:
+    """Ids in the complete parts of ``parts_dir`` (temporary files of a killed run are ignored)."""
+    files = sorted(Path(parts_dir).glob("part-*.parquet"))
+    if not files:
+        return set()
+    return set(pq.read_table(files, columns=["id"]).column("id").to_pylist())
+
+
+def drop_failed_rows(parts_dir: str | Path) -> int:
+    """Remove rows whose decoding raised from the parts, so that a rerun decodes them again.
+
+    Each affected part is rewritten without those rows and swapped in atomically; a run
+    killed in between leaves the rows absent, which a rerun also decodes. Returns the number
+    of rows removed.
+    """
+    removed = 0
+    for file in sorted(Path(parts_dir).glob("part-*.parquet")):
+        table = pq.read_table(file, schema=NEGATIVES_SCHEMA)
+        failed = pc.fill_null(pc.starts_with(table.column("error"), GENERATION_FAILURE), False)
+        n_failed = pc.sum(failed).as_py() or 0
+        if n_failed:
+            kept = table.filter(pc.invert(failed))
+            if kept.num_rows:
+                _write_part(Path(parts_dir), file.name, kept)
+            else:
+                file.unlink()
+            removed += n_failed
+    return removed
+
+
+def read_negatives(output_dir: str | Path) -> pa.Table:
+    """The pairs a negatives run wrote (:data:`NEGATIVES_SCHEMA`), sorted by id."""
+    files = sorted((Path(output_dir) / NEGATIVES_DIR).glob("part-*.parquet"))
+    if not files:
+        return NEGATIVES_SCHEMA.empty_table()
+    return pq.read_table(files, schema=NEGATIVES_SCHEMA).sort_by("id")
+
+
+def _write_part(parts_dir: Path, name: str, table: pa.Table) -> Path:
+    tmp = parts_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    pq.write_table(table, tmp)
+    final = parts_dir / name
+    os.replace(tmp, final)  # atomic: a reader sees the whole part or none of it
+    return final
+
+
+def _run_params(cfg: NegativesConfig, revisions: dict[str, str]) -> dict[str, Any]:
+    """What makes a negative what it is; parts from different params must not be mixed."""
+    keys = ("alpha", "temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "max_prompt_tokens",
+            "stop_at_question", "seed")
+    params: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
+    # The weights digest, not the path: moving a model does not change its negatives.
+    params.update({f"{k}_digest": v.rsplit("@", 1)[-1] for k, v in revisions.items()})
+    return params
+
+
+def _check_params(parts_dir: Path, params: dict[str, Any]) -> None:
+    path = parts_dir / PARAMS_FILE
+    if path.is_file():
+        before = json.loads(path.read_text())
+        diff = {k: (before.get(k), v) for k, v in params.items() if before.get(k) != v}
+        if diff:
+            changes = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ConfigError(f"{parts_dir} holds negatives made with other settings ({changes}); set "
+                              f"output_dir to a new directory, or delete {parts_dir} to start over")
+    elif any(parts_dir.glob("part-*.parquet")):
+        raise ConfigError(f"{parts_dir} holds parts without {PARAMS_FILE}; delete them or choose another output_dir")
+    else:
+        path.write_text(json.dumps(params, indent=2))
+
+
+def negatives_dataset(ds: Any, cfg: NegativesConfig, revisions: dict[str, str]) -> Any:
+    """The lazy negatives stage: record-schema rows in, :data:`NEGATIVES_SCHEMA` rows out."""
+    return ds.map_batches(NegativesBatch, fn_constructor_args=(cfg, revisions), batch_format="pyarrow",
+                          **cfg.pool.map_batches_kwargs())
+
+
+def _prompt_size(row: dict[str, Any]) -> int:
+    return len(row.get("query") or "") + sum(len(p["text"]) for p in row.get("passages") or [])
+
+
+def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
+    """Decode an unfaithful negative for every row of ``cfg.splits`` and write the T2 pairs.
+
+    Output in ``cfg.output_dir``: ``negatives/part-*.parquet`` (:data:`NEGATIVES_SCHEMA`,
+    every input row of the selected splits exactly once, by id; read them with
+    :func:`read_negatives`), ``negatives/params.json`` (sampling settings and model
+    digests of the parts), ``errors.jsonl`` (rows with an error) and the run info.
+    Ids already written by an earlier run into the same directory are skipped, except rows
+    whose decoding raised there (``cfg.retry_failed``).
+
+    Returns
+    -------
+    dict
+        ``rows_in`` (rows of the selected splits), ``skipped`` (already written),
+        ``generated`` (decoded by this run), ``retried`` (rows whose decoding had raised in
+        an earlier run, decoded again), ``with_negative``, ``error_rows``,
+        ``generation_failures`` and ``mean_mixing_rate`` over all written rows.
+    """
+    import ray
+
+    check_model_dir(cfg.grounded_model, "grounded_model")
+    check_model_dir(cfg.ungrounded_model, "ungrounded_model")
+    check_same_tokenizer(cfg.grounded_model, cfg.ungrounded_model)
+    revisions = {"grounded_model": model_revision(cfg.grounded_model, cfg.hash_weights),
+                 "ungrounded_model": model_revision(cfg.ungrounded_model, cfg.hash_weights)}
+    table = read_input(cfg.input_dir, cfg.splits)
+
+    out = Path(cfg.output_dir)
+    parts_dir = out / NEGATIVES_DIR
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    _check_params(parts_dir, _run_params(cfg, revisions))
+    for stale in parts_dir.glob(".part-*.tmp"):  # a part a killed run was writing
+        stale.unlink()
+    retried = drop_failed_rows(parts_dir) if cfg.retry_failed else 0
+    done = written_ids(parts_dir)
+    ids = table.column("id").to_pylist()
+    todo_rows = [r for r in table.to_pylist() if r["id"] not in done]
+    logger.info("negatives: %d rows in %s, %d already written, %d to decode", len(ids), cfg.splits,
+                len(ids) - len(todo_rows), len(todo_rows))
+
+    if todo_rows:
+        # Rows of similar prompt length decode together (less padding); one block per
+        # batch, so each batch becomes one part as soon as it is decoded.
+        todo_rows.sort(key=_prompt_size)
+        bs = cfg.pool.batch_size
+        todo = pa.Table.from_pylist(todo_rows, schema=table.schema)
+        blocks = [todo.slice(i, bs) for i in range(0, todo.num_rows, bs)]
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        results = negatives_dataset(ray.data.from_arrow(blocks), cfg, revisions)
+        n_parts = n_rows = 0
+        for part in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if part.num_rows == 0:
+                continue
+            _write_part(parts_dir, f"part-{stamp}-{n_parts:05d}.parquet", part)
+            n_parts, n_rows = n_parts + 1, n_rows + part.num_rows
+            logger.info("negatives: %d/%d rows written", n_rows, len(todo_rows))
+
+    written = read_negatives(out)
+    written = written.filter(pc.is_in(written.column("id"), value_set=pa.array(ids, type=pa.string())))
+    written_list = written.column("id").to_pylist()
+    if len(written_list) != len(set(written_list)) or set(written_list) != set(ids):
+        raise RuntimeError(f"negatives hold {len(written_list)} rows ({len(set(written_list))} distinct ids) for "
+                           f"{len(ids)} input rows; the parts in {parts_dir} are inconsistent")
+    errors = written.filter(pc.is_valid(written.column("error"))).select(["id", "error"]).to_pylist()
+    with (out / "errors.jsonl").open("w") as f:
+        for row in errors:
+            f.write(json.dumps(row) + "\n")
+    rates = written.column("mixing_rate").drop_null()
+    summary = {
+        "rows_in": len(ids), "skipped": len(ids) - len(todo_rows), "generated": len(todo_rows), "retried": retried,
+        "with_negative": len(ids) - len(errors), "error_rows": len(errors),
+        "generation_failures": sum(e["error"].startswith(GENERATION_FAILURE) for e in errors),
+        "alpha": cfg.alpha, "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None,
+        **revisions,
+    }
+    write_run_info(out, "generate_negatives", cfg, summary=summary)
+    logger.info("negatives: %s", summary)
+    return summary

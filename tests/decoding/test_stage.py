@@ -1,0 +1,177 @@
+"""The negatives stage on real local Ray Data: every row kept, restarts lose nothing."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from jobs._door import run
+from jobs.generate_negatives import main as negatives_job
+from rac.config import ActorPoolConfig, ConfigError
+from rac.data import load_data
+from rac.data.schema import records_to_table
+from rac.decoding import NegativesConfig, read_negatives, row_seed, run_generate_negatives
+from rac.decoding.stage import GENERATION_FAILURE, NEGATIVES_DIR, NegativesBatch, read_input
+
+LONG_QUERY = "which " * 300
+
+BAD_ROWS = {  # id -> (record fields, expected error)
+    "bad-error": ({"error": "retrieval failed: server gone"}, "input row has an error: retrieval failed"),
+    "bad-none": ({"passages": None}, "no passages retrieved"),
+    "bad-empty": ({"passages": []}, "no passages retrieved"),
+    "bad-question": ({"question": None}, "no gold question"),
+    "bad-long": ({"query": LONG_QUERY}, "prompt too long"),
+}
+
+
+@pytest.fixture
+def retrieved_dir(tmp_path):
+    """A retrieval output: 14 good T2 rows, one T2 row of each kind of bad input, T1/test rows."""
+    data = load_data("demo")
+    docs = [{"id": f"p{i}", "text": d["text"], "score": 1.0} for i, d in enumerate(data.documents)]
+    records = []
+    for i, r in enumerate(data.records[:22]):
+        split = "t2" if i < 14 else ("t1" if i < 19 else "test")
+        records.append({**r, "split": split, "passages": docs[i % 7: i % 7 + 2], "error": None})
+    for name, (fields, _) in BAD_ROWS.items():
+        records.append({**records[0], "id": name, "split": "t2", **fields})
+    table = records_to_table(records)
+    shards = tmp_path / "retrieve" / "retrieved"
+    shards.mkdir(parents=True)
+    pq.write_table(table.slice(0, 10), shards / "a.parquet")
+    pq.write_table(table.slice(10), shards / "b.parquet")
+    t2_ids = sorted(r["id"] for r in records if r["split"] == "t2")
+    return tmp_path / "retrieve", t2_ids
+
+
+def _config(model_dirs, input_dir, output_dir, **overrides):
+    fields = {"input_dir": str(input_dir), "output_dir": str(output_dir), "grounded_model": str(model_dirs[0]),
+              "ungrounded_model": str(model_dirs[1]), "max_prompt_tokens": 128, "max_new_tokens": 12,
+              "pool": ActorPoolConfig(min_size=1, max_size=1, batch_size=4)}
+    return NegativesConfig(**{**fields, **overrides})
+
+
+def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model_dirs, retrieved_dir):
+    input_dir, t2_ids = retrieved_dir
+    cfg = _config(model_dirs, input_dir, tmp_path / "neg")
+    summary = run_generate_negatives(cfg)
+    assert summary["rows_in"] == len(t2_ids) == 19
+    assert (summary["generated"], summary["skipped"], summary["error_rows"]) == (19, 0, len(BAD_ROWS))
+
+    first = {r["id"]: r for r in read_negatives(cfg.output_dir).to_pylist()}
+    assert sorted(first) == t2_ids  # each T2 id exactly once; no T1/test row
+    for name, (_, error) in BAD_ROWS.items():
+        assert error in first[name]["error"] and first[name]["rejected"] is None
+    good = [r for r in first.values() if r["error"] is None]
+    assert len(good) == 14
+    for r in good:
+        assert r["rejected"] is not None and r["chosen"] and r["passages_used"] >= 1
+        assert len(r["provenance"]) == len(r["rejected_token_ids"]) >= 1
+        assert r["mixing_rate"] == pytest.approx(sum(r["provenance"]) / len(r["provenance"]))
+        assert r["alpha"] == 0.5 and r["seed"] == row_seed(cfg.seed, r["id"])
+        assert r["grounded_model"].startswith(f"{model_dirs[0]}@")
+        assert r["ungrounded_model"].startswith(f"{model_dirs[1]}@")
+        assert r["finish_reason"] in {"eos", "question", "length"}
+    assert 0 < summary["mean_mixing_rate"] < 1
+    errors = [json.loads(line) for line in (tmp_path / "neg" / "errors.jsonl").read_text().splitlines()]
+    assert sorted(e["id"] for e in errors) == sorted(BAD_ROWS)
+    assert json.loads((tmp_path / "neg" / "run_info.json").read_text())["summary"]["rows_in"] == 19
+
+    # A killed run: some parts never written, one left half-written under its temporary name;
+    # and a row whose decoding raised in that run (an error row, which a rerun decodes again).
+    parts_dir = tmp_path / "neg" / NEGATIVES_DIR
+    parts = sorted(parts_dir.glob("part-*.parquet"))
+    assert len(parts) == 5  # one part per batch of 4
+    lost = [i for p in parts[1:3] for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+    for p in parts[1:3]:
+        p.unlink()
+    (parts_dir / ".part-killed-00001.parquet.abc.tmp").write_bytes(b"PAR1 half a file")
+    failed = next(i for i in t2_ids if i not in lost and not i.startswith("bad-"))
+    _mark_failed(parts_dir, failed)
+
+    # The rerun, through the job's door as a user starts it.
+    assert run(NegativesConfig, negatives_job, argv=_argv(cfg)) == 0
+    again = json.loads((tmp_path / "neg" / "run_info.json").read_text())["summary"]
+    assert (again["skipped"], again["generated"], again["retried"]) == (19 - len(lost) - 1, len(lost) + 1, 1)
+    second = {r["id"]: r for r in read_negatives(cfg.output_dir).to_pylist()}
+    assert sorted(second) == t2_ids
+    assert not list(parts_dir.glob("*.tmp"))
+    # Decoded again in other batches, the rows come out the same (per-row seeds).
+    for i in [*lost, failed]:
+        assert (second[i]["rejected_token_ids"], second[i]["provenance"], second[i]["error"]) == \
+            (first[i]["rejected_token_ids"], first[i]["provenance"], first[i]["error"])
+
+    # Nothing left to do: no actor, no new part.
+    n_parts = len(list(parts_dir.glob("part-*.parquet")))
+    done = run_generate_negatives(cfg)
+    assert (done["skipped"], done["generated"], done["with_negative"]) == (19, 0, 14)
+    assert len(list(parts_dir.glob("part-*.parquet"))) == n_parts
+
+    # Parts made with other settings are never mixed with new ones.
+    with pytest.raises(ConfigError, match="alpha: 0.5 there, 0.3 now"):
+        run_generate_negatives(_config(model_dirs, input_dir, tmp_path / "neg", alpha=0.3))
+
+
+def _argv(cfg):
+    return ["--input_dir", cfg.input_dir, "--output_dir", cfg.output_dir, "--grounded_model", cfg.grounded_model,
+            "--ungrounded_model", cfg.ungrounded_model, "--max_prompt_tokens", str(cfg.max_prompt_tokens),
+            "--max_new_tokens", str(cfg.max_new_tokens), "--pool.max_size", "1", "--pool.batch_size", "4"]
+
+
+def _mark_failed(parts_dir, row_id):
+    """Rewrite ``row_id`` in its part as an actor records a row whose decoding raised."""
+    for part in parts_dir.glob("part-*.parquet"):
+        table = pq.read_table(part)
+        if row_id in table.column("id").to_pylist():
+            rows = table.to_pylist()
+            for r in rows:
+                if r["id"] == row_id:
+                    r.update(rejected=None, rejected_token_ids=None, provenance=None, mixing_rate=None,
+                             error=f"{GENERATION_FAILURE}OutOfMemoryError: simulated")
+            pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), part)
+
+
+def test_a_row_that_fails_to_decode_fails_alone(model_dirs, retrieved_dir, tmp_path):
+    """The stage class in-process: when decoding a batch raises, the batch is decoded row
+    by row and only the row that raises gets an error."""
+    input_dir, _ = retrieved_dir
+    cfg = _config(model_dirs, input_dir, tmp_path / "neg")
+    stage = NegativesBatch(cfg, {"grounded_model": "g@0", "ungrounded_model": "u@0"})
+    table = read_input(input_dir, ["t2"])
+    batch = table.filter(pc.invert(pc.starts_with(table.column("id"), "bad-"))).slice(0, 4)
+    victim = batch.column("id").to_pylist()[2]
+    generate = stage.decoder.generate
+
+    def flaky(grounded_prompts, ungrounded_prompts, seeds):
+        if row_seed(cfg.seed, victim) in seeds:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return generate(grounded_prompts, ungrounded_prompts, seeds)
+
+    stage.decoder.generate = flaky
+    out = stage(batch).to_pylist()
+    assert [r["id"] for r in out] == batch.column("id").to_pylist()
+    assert out[2]["error"] == f"{GENERATION_FAILURE}RuntimeError: CUDA out of memory (simulated)"
+    assert out[2]["rejected"] is None
+    assert all(r["error"] is None and r["rejected"] is not None for i, r in enumerate(out) if i != 2)
+
+
+def test_tokenizer_mismatch_stops_the_job_before_decoding(ray_local, tmp_path, model_dirs, tokenizer,
+                                                          retrieved_dir, capsys):
+    """Through the job's door: exit 1 with the reason, nothing written; a bad value exits 2."""
+    # The ungrounded model's weights beside a tokenizer with one token more.
+    odd = tmp_path / "ungrounded-other-tokenizer"
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["<only-here>"])
+    other.save_pretrained(str(odd))
+    (odd / "config.json").write_text((model_dirs[1] / "config.json").read_text())
+    cfg = _config(model_dirs, retrieved_dir[0], tmp_path / "neg")
+    argv = _argv(cfg) + ["--ungrounded_model", str(odd)]
+    assert run(NegativesConfig, negatives_job, argv=argv) == 1
+    assert "do not share a tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "neg").exists()
+    assert run(NegativesConfig, negatives_job, argv=_argv(cfg) + ["--alpha", "2"]) == 2
