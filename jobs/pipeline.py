@@ -1,21 +1,25 @@
-"""The main job: ``python -m jobs.pipeline --config configs/demo.yaml``."""
+"""The main job: ``python -m jobs.pipeline --config configs/demo.yaml [--from STAGE]``."""
 
 import sys
+from pathlib import Path
 
 from jobs._door import run
-from rac.pipeline import PipelineConfig, run_pipeline
-from rac.retrieval import format_examples, read_retrieved
+from rac.pipeline import PipelineConfig, run_pipeline, summary_text
 
 
-def main(cfg: PipelineConfig) -> None:
-    summaries = run_pipeline(cfg)
-    for stage, summary in summaries.items():
-        print(f"{stage}: {summary}")
-    if "retrieve" in summaries and cfg.show:
-        rows = read_retrieved(cfg.stage_configs()["retrieve"].output_dir).to_pylist()
-        print("\nqueries and the passages retrieved for them:\n")
-        print(format_examples(rows[:: max(1, len(rows) // cfg.show)][: cfg.show]))
+def main(cfg: PipelineConfig, start_from: str | None) -> None:
+    manifests = run_pipeline(cfg, start_from=start_from)
+    print(summary_text(cfg, manifests))
+    print(f"\nrun directory: {Path(cfg.run_dir).resolve()}")
 
 
 if __name__ == "__main__":
-    sys.exit(run(PipelineConfig, main))
+    argv = sys.argv[1:]
+    start_from = None
+    if "--from" in argv:  # not a config key: which stage to re-run from
+        i = argv.index("--from")
+        if i + 1 >= len(argv):
+            sys.exit("--from needs a stage name")
+        start_from = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    sys.exit(run(PipelineConfig, lambda cfg: main(cfg, start_from), argv=argv))

@@ -1,37 +1,69 @@
-"""The whole method as one run: index -> retrieve (later stages join as they land).
+"""The whole method as one run: index -> retrieve -> prepare_model -> SFT (grounded and
+ungrounded) -> negatives -> joint training -> evaluation.
 
-Each stage writes into its own folder of ``run_dir`` with its resolved config and run info.
+Each stage writes into ``<run_dir>/<stage>/`` with a ``manifest.json``: the stage, the hash
+of its resolved config, the fingerprints of its inputs (upstream manifests, data files),
+package versions, git revision and row counts in and out. A re-run skips every stage
+whose config and inputs are unchanged; ``--from STAGE`` re-runs that stage and all after.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rac.config import ActorPoolConfig, ConfigError, field_help, nested
+from rac.config import ActorPoolConfig, ConfigError, field_help, git_revision, nested, package_versions, to_dict
 from rac.data.config import DataConfig
-from rac.retrieval import IndexConfig, RetrieveConfig, RetrieverConfig, run_index, run_retrieve
+from rac.decoding.config import NegativesConfig
+from rac.evaluation.config import EvaluateConfig
+from rac.models.prepare import PrepareModelConfig
+from rac.retrieval import IndexConfig, RetrieveConfig, RetrieverConfig
+from rac.training.config import RACConfig, SFTConfig
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("index", "retrieve")
+STAGES = ("index", "retrieve", "prepare_model", "sft_grounded", "sft_ungrounded", "negatives", "train_rac",
+          "evaluate")
+#: What each stage reads from (its fingerprint changes when any of these re-runs differently).
+UPSTREAM = {
+    "index": (), "retrieve": ("index",), "prepare_model": (),
+    "sft_grounded": ("retrieve", "prepare_model"), "sft_ungrounded": ("retrieve", "prepare_model"),
+    "negatives": ("retrieve", "sft_grounded", "sft_ungrounded"), "train_rac": ("negatives", "sft_grounded"),
+    "evaluate": ("retrieve", "sft_grounded", "sft_ungrounded", "train_rac", "negatives"),
+}
+MANIFEST = "manifest.json"
 
 
 @dataclass
 class PipelineConfig:
-    """``python -m jobs.pipeline``: every stage of RAC in order, into one run directory."""
+    """``python -m jobs.pipeline``: every stage of RAC in order, into one run directory.
+
+    The stage sections take every key of that stage's own config; the paths that connect
+    stages (input_dir, output_dir, model paths) are set by the pipeline from ``run_dir``.
+    """
 
     run_dir: str = field_help("outputs/demo", help="Directory of this run; each stage writes a subfolder.")
     stages: list[str] = field_help(list(STAGES), help=f"Stages to run, in order; any of {list(STAGES)}.")
+    base_model: str = field_help("outputs/models/smollm2-135m-instruct",
+                                 help="Model the SFT stages start from (prepare_model writes it if missing).")
+    show: int = field_help(5, help="Example questions printed at the end.")
     data: DataConfig = nested(DataConfig, "Records and corpus.")
-    retriever: RetrieverConfig = nested(
-        RetrieverConfig, "BM25 backend. The embedded index goes to <run_dir>/index/bm25.")
+    retriever: RetrieverConfig = nested(RetrieverConfig, "BM25 backend. The embedded index goes to "
+                                                         "<run_dir>/index/bm25.")
     index_pool: ActorPoolConfig = nested(ActorPoolConfig, "Actor pool of Elasticsearch bulk indexing.")
     retrieve_pool: ActorPoolConfig = nested(ActorPoolConfig, "Actor pool of retrieval.")
-    show: int = field_help(5, help="Examples printed at the end.")
+    sft: SFTConfig = nested(SFTConfig, "Both SFT stages (grounded and ungrounded differ only in `grounded`).")
+    negatives: NegativesConfig = nested(NegativesConfig, "Mixture decoding of the unfaithful negatives.")
+    rac: RACConfig = nested(RACConfig, "The joint objective.")
+    evaluate: EvaluateConfig = nested(EvaluateConfig, "Evaluation of the grounded, ungrounded and RAC models.")
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -39,24 +71,189 @@ class PipelineConfig:
             raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
 
     def stage_configs(self) -> dict[str, Any]:
-        run_dir = Path(self.run_dir)
-        retriever = dataclasses.replace(self.retriever, index_dir=str(run_dir / "index" / "bm25"))
-        return {
+        """Each stage's config, wired to the run directory."""
+        run = Path(self.run_dir)
+        retriever = dataclasses.replace(self.retriever, index_dir=str(run / "index" / "bm25"))
+
+        def sft(grounded: bool) -> SFTConfig:
+            name = "sft_grounded" if grounded else "sft_ungrounded"
+            return dataclasses.replace(self.sft, grounded=grounded, input_dir=str(run / "retrieve" / "retrieved"),
+                                       output_dir=str(run / name), run_name=name,
+                                       model=dataclasses.replace(self.sft.model, path=self.base_model))
+
+        grounded_model, ungrounded_model = run / "sft_grounded" / "model", run / "sft_ungrounded" / "model"
+        cfgs: dict[str, Any] = {
             "index": IndexConfig(data=self.data, retriever=retriever, pool=self.index_pool,
-                                 output_dir=str(run_dir / "index")),
+                                 output_dir=str(run / "index")),
             "retrieve": RetrieveConfig(data=self.data, retriever=retriever, pool=self.retrieve_pool,
-                                       output_dir=str(run_dir / "retrieve"), show=self.show),
+                                       output_dir=str(run / "retrieve"), show=0),
+            "prepare_model": PrepareModelConfig(output_dir=self.base_model),
+            "sft_grounded": sft(True),
+            "sft_ungrounded": sft(False),
+            "negatives": dataclasses.replace(self.negatives, input_dir=str(run / "retrieve"),
+                                             output_dir=str(run / "negatives"), grounded_model=str(grounded_model),
+                                             ungrounded_model=str(ungrounded_model)),
+            "train_rac": dataclasses.replace(self.rac, input_dir=str(run / "negatives" / "negatives"),
+                                             output_dir=str(run / "train_rac"), run_name="train_rac",
+                                             model=dataclasses.replace(self.rac.model, path=str(grounded_model))),
         }
+        cfgs["evaluate"] = _wire_evaluate(self.evaluate, run, grounded_model, ungrounded_model, self.negatives.alpha)
+        return cfgs
 
 
-RUNNERS = {"index": run_index, "retrieve": run_retrieve}
+def _wire_evaluate(cfg: Any, run: Path, grounded_model: Path, ungrounded_model: Path, alpha: float) -> Any:
+    return dataclasses.replace(
+        cfg, input_dir=str(run / "retrieve"), output_dir=str(run / "evaluate"),
+        systems=[{"name": "grounded-sft", "path": str(grounded_model), "prompt": "grounded"},
+                 {"name": "ungrounded-sft", "path": str(ungrounded_model), "prompt": "ungrounded"},
+                 {"name": "rac", "path": str(run / "train_rac" / "model"), "prompt": "grounded"}],
+        negatives_dirs={str(alpha): str(run / "negatives")})
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the configured stages in order; returns each stage's summary."""
-    stage_cfgs = cfg.stage_configs()
-    summaries = {}
+# ----------------------------------------------------------------------------- manifests
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def external_inputs(stage: str, cfg: PipelineConfig) -> dict[str, str]:
+    """Fingerprints of files a stage reads that no stage of this run wrote."""
+    out: dict[str, str] = {}
+    if stage in ("index", "retrieve"):
+        for key, path in (("data", cfg.data.path), ("corpus", cfg.data.corpus_path)):
+            if path and Path(path).is_file():
+                out[key] = _sha256_file(Path(path))
+        if cfg.data.format == "demo":
+            from importlib import resources
+
+            out["data"] = hashlib.sha256(resources.files("rac.data").joinpath("demo/demo.json").read_bytes()
+                                         ).hexdigest()
+    if stage in ("sft_grounded", "sft_ungrounded") and "prepare_model" not in cfg.stages:
+        weights = sorted(Path(cfg.base_model).glob("*.safetensors"))
+        out["base_model"] = _hash([(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights])
+    return out
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    path = stage_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _rows(summary: dict[str, Any]) -> tuple[Any, Any]:
+    rows_in = next((summary[k] for k in ("rows_in", "records", "passages", "rows") if k in summary), None)
+    rows_out = next((summary[k] for k in ("rows_out", "with_passages", "indexed", "with_negative") if k in summary),
+                    None)
+    return rows_in, rows_out
+
+
+def runners() -> dict[str, Callable[[Any], dict[str, Any]]]:
+    from rac.models.prepare import prepare_model
+    from rac.retrieval import run_index, run_retrieve
+    from rac.training import run_rac, run_sft
+
+    def negatives(c: Any) -> dict[str, Any]:
+        from rac.decoding.stage import run_generate_negatives
+
+        return run_generate_negatives(c)
+
+    def evaluate(c: Any) -> dict[str, Any]:
+        from rac.evaluation import run_evaluate
+
+        return run_evaluate(c)
+
+    return {"index": run_index, "retrieve": run_retrieve,
+            "prepare_model": lambda c: {"model_dir": str(prepare_model(c))},
+            "sft_grounded": run_sft, "sft_ungrounded": run_sft, "negatives": negatives, "train_rac": run_rac,
+            "evaluate": evaluate}
+
+
+def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run the configured stages in order, skipping those whose config and inputs are unchanged.
+
+    Returns each stage's manifest (with ``skipped`` true for the stages not re-run).
+    """
+    if start_from is not None and start_from not in cfg.stages:
+        raise ConfigError(f"--from {start_from}: not one of the configured stages {cfg.stages}")
+    stage_cfgs, run = cfg.stage_configs(), Path(cfg.run_dir)
+    run_fns = runners()
+    manifests: dict[str, dict[str, Any]] = {}
+    forced = False
     for i, stage in enumerate(cfg.stages, start=1):
-        logger.info("stage %d/%d: %s", i, len(cfg.stages), stage)
-        summaries[stage] = RUNNERS[stage](stage_cfgs[stage])
-    return summaries
+        forced = forced or stage == start_from
+        stage_cfg = stage_cfgs[stage]
+        inputs = {up: (manifests.get(up) or read_manifest(run / up) or {}).get("fingerprint", "absent")
+                  for up in UPSTREAM[stage] if up in cfg.stages or (run / up / MANIFEST).is_file()}
+        inputs.update(external_inputs(stage, cfg))
+        config_hash = _hash(to_dict(stage_cfg))
+        previous = read_manifest(run / stage)
+        if (not forced and previous and previous.get("config_hash") == config_hash
+                and previous.get("inputs") == inputs):
+            logger.info("stage %d/%d %s: unchanged since %s, skipped", i, len(cfg.stages), stage,
+                        previous.get("finished"))
+            manifests[stage] = {**previous, "skipped": True}
+            continue
+        logger.info("stage %d/%d %s: running", i, len(cfg.stages), stage)
+        start = time.perf_counter()
+        summary = run_fns[stage](stage_cfg)
+        rows_in, rows_out = _rows(summary)
+        manifest = {
+            "stage": stage, "config_hash": config_hash, "inputs": inputs,
+            "fingerprint": _hash([config_hash, inputs]), "rows_in": rows_in, "rows_out": rows_out,
+            "summary": summary, "seconds": round(time.perf_counter() - start, 1),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git_revision": git_revision(), "versions": package_versions(),
+        }
+        (run / stage).mkdir(parents=True, exist_ok=True)
+        (run / stage / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        manifests[stage] = {**manifest, "skipped": False}
+    return manifests
+
+
+def summary_text(cfg: PipelineConfig, manifests: dict[str, dict[str, Any]], width: int = 100) -> str:
+    """What the run did, then example clarifying questions beside their passages and the
+    metrics table (from the evaluation report, when that stage is part of the run)."""
+    import textwrap
+
+    lines = ["", "stages:"]
+    for stage, m in manifests.items():
+        state = "unchanged, skipped" if m.get("skipped") else f"ran in {m.get('seconds')} s"
+        lines.append(f"  {stage:<15} {state:<22} rows in {m.get('rows_in')}, out {m.get('rows_out')}")
+    report_path = Path(cfg.run_dir) / "evaluate" / "report.json"
+    if "evaluate" in manifests and report_path.is_file():
+        report = json.loads(report_path.read_text())
+        lines += ["", "example clarifying questions:"]
+        for ex in report.get("examples", [])[: cfg.show]:
+            lines += ["", f"query: {ex['query']!r}"]
+            for rank, text in enumerate(ex["passages"][:3], start=1):
+                lines.append(f"  [{rank}] {textwrap.shorten(text, width=width - 8)}")
+            lines.append(f"  gold: {ex.get('gold_question')}")
+            for name, q in ex["questions"].items():
+                lines.append(f"  {name}: {q['prediction']}")
+        columns = ["bleu_corpus", "rouge_l", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
+                   "entailment", "semantic_support"]
+        systems = report.get("systems", {})
+        shown = [c for c in columns if any(c in s for s in systems.values())]
+        lines += ["", "metrics (test split):", "  " + "system".ljust(16) + "".join(c[:16].rjust(17) for c in shown)]
+        for name, s in systems.items():
+            cells = [s.get(c) for c in shown]
+            lines.append("  " + name.ljust(16) + "".join(
+                (f"{v:.4f}" if isinstance(v, float) else str(v))[:16].rjust(17) for v in cells))
+        if report.get("metric_status"):
+            lines.append("  without a number: " + "; ".join(f"{k}: {v}" for k, v in report["metric_status"].items()))
+        lines.append(f"\nfull report: {Path(cfg.run_dir) / 'evaluate' / 'report.md'}")
+    elif "retrieve" in manifests:
+        from rac.retrieval import format_examples, read_retrieved
+
+        rows = read_retrieved(Path(cfg.run_dir) / "retrieve").to_pylist()
+        lines += ["", "queries and the passages retrieved for them:", "",
+                  format_examples(rows[:: max(1, len(rows) // max(1, cfg.show))][: cfg.show])]
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -31,7 +32,11 @@ def read_rows(path: str | Path, columns: list[str], split: str | None = None) ->
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"training data {path} does not exist; run the stage that writes it first")
-    table = pq.read_table(path)
+    # A stage's output folder may hold JSON beside its Parquet parts: read only the parts.
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"training data {path} holds no Parquet files; run the stage that writes it first")
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ConfigError(f"training data {path} lacks column(s) {', '.join(missing)}; "

@@ -1,0 +1,38 @@
+"""The pipeline's manifests: unchanged stages are skipped, changed ones and --from re-run."""
+
+import dataclasses
+import json
+
+import pytest
+
+from rac.config import ConfigError, parse_config
+from rac.pipeline import MANIFEST, PipelineConfig, run_pipeline
+
+
+def test_rerun_skips_unchanged_and_reruns_changed_stages(ray_local, tmp_path):
+    cfg = parse_config(PipelineConfig, ["--run_dir", str(tmp_path), "--stages", "[index, retrieve]"])
+    first = run_pipeline(cfg)
+    assert [m["skipped"] for m in first.values()] == [False, False]
+    manifest = json.loads((tmp_path / "retrieve" / MANIFEST).read_text())
+    assert manifest["rows_in"] == 102 and manifest["rows_out"] == 102
+    assert manifest["inputs"]["index"] == first["index"]["fingerprint"] and "data" in manifest["inputs"]
+    assert manifest["versions"]["ray"] and manifest["git_revision"]
+
+    again = run_pipeline(cfg)
+    assert [m["skipped"] for m in again.values()] == [True, True]
+
+    changed = dataclasses.replace(cfg, retriever=dataclasses.replace(cfg.retriever, top_k=2))
+    third = run_pipeline(changed)  # top_k changes the index config too (same section): both re-run
+    assert not third["retrieve"]["skipped"]
+    assert third["retrieve"]["config_hash"] != first["retrieve"]["config_hash"]
+
+    forced = run_pipeline(changed, start_from="retrieve")
+    assert forced["index"]["skipped"] and not forced["retrieve"]["skipped"]
+
+
+def test_unknown_stage_and_from_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown stage"):
+        parse_config(PipelineConfig, ["--stages", "[index, train]"])
+    cfg = parse_config(PipelineConfig, ["--run_dir", str(tmp_path), "--stages", "[index]"])
+    with pytest.raises(ConfigError, match="--from retrieve: not one of the configured stages"):
+        run_pipeline(cfg, start_from="retrieve")
