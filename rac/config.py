@@ -210,23 +210,33 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | No
     return from_dict(cls, data)
 
 
-def config_reference(cls: type, prefix: str = "") -> str:
-    """Every key of ``cls`` (nested sections dotted) with its type, default and help."""
+def config_reference(cls: type, prefix: str = "", instance: Any = None) -> str:
+    """Every key of ``cls`` (nested sections dotted) with its type, default and help.
+
+    Defaults are read from ``instance`` when given: a section's defaults are those of the
+    field that holds it (``NegativesConfig.pool`` differs from a bare ``ActorPoolConfig``).
+    """
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         help_text = f.metadata.get("help", "")
-        if dataclasses.is_dataclass(tp):
-            lines.append(f"{prefix}{f.name}: section. {help_text}")
-            lines.append(config_reference(tp, prefix=f"{prefix}{f.name}."))
-            continue
-        if f.default is not dataclasses.MISSING:
+        if instance is not None:
+            default = getattr(instance, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = "(required)"
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{prefix}{f.name}: section. {help_text}")
+            lines.append(config_reference(tp, prefix=f"{prefix}{f.name}.",
+                                          instance=default if dataclasses.is_dataclass(default) else None))
+            continue
+        if dataclasses.is_dataclass(default) or (isinstance(default, list) and default
+                                                 and dataclasses.is_dataclass(default[0])):
+            default = to_dict(default) if not isinstance(default, list) else [to_dict(d) for d in default]
         lines.append(f"{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {help_text}")
     return "\n".join(lines)
 
