@@ -17,10 +17,16 @@ def run_job(module, *args, timeout=300):
 
 
 def test_main_job_runs_on_embedded_defaults(tmp_path):
-    proc = run_job("jobs.pipeline", "--config", "configs/demo.yaml", "--run_dir", str(tmp_path), "--show", "2")
+    # The retrieval half of the demo pipeline (the model stages are tested on tiny models in
+    # tests/training, tests/decoding and tests/evaluation; the whole demo takes ~20 minutes).
+    proc = run_job("jobs.pipeline", "--config", "configs/demo.yaml", "--run_dir", str(tmp_path), "--show", "2",
+                   "--stages", "[index, retrieve]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "queries and the passages retrieved for them" in proc.stdout
     assert "gold question:" in proc.stdout
+    again = run_job("jobs.pipeline", "--config", "configs/demo.yaml", "--run_dir", str(tmp_path), "--show", "0",
+                    "--stages", "[index, retrieve]")
+    assert again.returncode == 0 and again.stdout.count("unchanged, skipped") == 2
     table = pq.read_table(tmp_path / "retrieve" / "retrieved")
     assert table.num_rows == 102 and table.column("error").null_count == 102
     assert set(table.column("split").to_pylist()) == {"t1", "t2", "test"}
