@@ -1,0 +1,228 @@
+"""Config of the serving application (``serve/config.yaml`` ``args``, read by ``build_app``).
+
+One dataclass tree, :class:`ServeConfig`, holds everything the Serve application needs:
+the model directory, the retriever, the generator's batching, both deployments' replicas
+and resources, request limits, timeouts and the optional API key. It is built from the
+``args`` mapping of a Serve config file with :func:`rac.config.from_dict`, so unknown keys
+and impossible values fail at ``serve run`` / ``serve deploy`` time with a message that
+says what to change, before any replica starts.
+
+Cluster-scoped HTTP settings (``http_options.host``, ``port``, ``request_timeout_s``) are
+not here: Serve takes them from the top of the Serve config file, not from ``args``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rac.config import ConfigError, field_help, nested
+from rac.retrieval.config import RetrieverConfig
+
+
+@dataclass
+class AutoscalingSection:
+    """Serve ``autoscaling_config`` of one deployment (min == max: a fixed replica count)."""
+
+    min_replicas: int = field_help(1, help="Replicas kept when idle (0 lets the deployment scale to zero).")
+    max_replicas: int = field_help(1, help="Replicas the deployment may scale out to under load.")
+    target_ongoing_requests: float = field_help(
+        2.0, help="Ongoing requests per replica the autoscaler aims for; more scales out, fewer scales in.")
+    upscale_delay_s: float = field_help(10.0, help="Seconds of sustained load before scaling out.")
+    downscale_delay_s: float = field_help(300.0, help="Seconds of low load before scaling in.")
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0:
+            raise ConfigError(f"autoscaling.min_replicas must be >= 0, got {self.min_replicas}")
+        if self.max_replicas < max(1, self.min_replicas):
+            raise ConfigError(f"autoscaling.max_replicas ({self.max_replicas}) must be >= 1 and >= "
+                              f"min_replicas ({self.min_replicas})")
+        if self.target_ongoing_requests <= 0:
+            raise ConfigError(f"autoscaling.target_ongoing_requests must be > 0, got {self.target_ongoing_requests}")
+        if self.upscale_delay_s < 0 or self.downscale_delay_s < 0:
+            raise ConfigError("autoscaling.upscale_delay_s and downscale_delay_s must be >= 0")
+
+    def to_serve(self) -> dict[str, Any]:
+        """The ``autoscaling_config`` mapping Serve's deployment options take."""
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "initial_replicas": max(1, self.min_replicas),
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s}
+
+
+@dataclass
+class DeploymentSection:
+    """Replicas, per-replica resources and request admission of one Serve deployment."""
+
+    num_cpus: float = field_help(1.0, help="CPUs reserved per replica.")
+    num_gpus: float = field_help(0.0, help="GPUs reserved per replica (0 on CPU-only machines).")
+    memory_gb: float | None = field_help(None, help="Memory reserved per replica in GiB (None: no reservation).")
+    max_ongoing_requests: int = field_help(
+        32, help="Requests one replica works on at once; the router queues the rest (max_queued_requests).")
+    max_queued_requests: int = field_help(
+        256, help="Requests waiting for a replica before new ones are refused with 503 (-1: no limit).")
+    autoscaling: AutoscalingSection = nested(AutoscalingSection, "Replica count and autoscaling.")
+
+    def __post_init__(self) -> None:
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError("num_cpus and num_gpus must be >= 0")
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise ConfigError(f"memory_gb must be > 0 or null, got {self.memory_gb}")
+        if self.max_ongoing_requests < 1:
+            raise ConfigError(f"max_ongoing_requests must be at least 1, got {self.max_ongoing_requests}")
+        if self.max_queued_requests < -1 or self.max_queued_requests == 0:
+            raise ConfigError(f"max_queued_requests must be -1 (no limit) or >= 1, got {self.max_queued_requests}")
+
+    def to_serve(self) -> dict[str, Any]:
+        """Keyword arguments of ``Deployment.options``."""
+        actor_options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_gb is not None:
+            actor_options["memory"] = int(self.memory_gb * 1024**3)
+        return {"ray_actor_options": actor_options, "max_ongoing_requests": self.max_ongoing_requests,
+                "max_queued_requests": self.max_queued_requests, "autoscaling_config": self.autoscaling.to_serve()}
+
+
+def _deployment(help: str, **defaults: Any) -> Any:
+    """A :class:`DeploymentSection` field whose defaults differ from the class defaults."""
+    autoscaling = defaults.pop("autoscaling", {})
+    return dataclasses.field(
+        default_factory=lambda: DeploymentSection(autoscaling=AutoscalingSection(**autoscaling), **defaults),
+        metadata={"help": help})
+
+
+@dataclass
+class GeneratorConfig:
+    """The generator deployment: one model per replica, requests batched with ``@serve.batch``."""
+
+    max_batch_size: int = field_help(16, help="Prompts generated together in one batched generate call.")
+    batch_wait_timeout_s: float = field_help(
+        0.01, help="Seconds a request reaching an idle model waits for company before generating alone "
+                   "(while the model is busy, arrivals join the next batch anyway).")
+    max_new_tokens: int = field_help(32, help="Tokens generated per question unless the request asks otherwise.")
+    max_prompt_tokens: int = field_help(
+        512, help="Token budget of the prompt; passages are trimmed to fit (rac.models.prompts.build_prompt).")
+    torch_threads: int | None = field_help(
+        None, help="torch intra-op threads per replica (None: what Ray sets from num_cpus).")
+    test_delay_s: float = field_help(
+        0.0, help="Testing only: seconds every batch waits before generating, to exercise timeouts. Keep 0.")
+    deployment: DeploymentSection = _deployment(
+        "Replicas and resources of the generator.", num_cpus=1.0, max_ongoing_requests=32, max_queued_requests=256,
+        autoscaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 16.0})
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ConfigError(f"generator.max_batch_size must be at least 1, got {self.max_batch_size}")
+        if self.batch_wait_timeout_s < 0:
+            raise ConfigError(f"generator.batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        if self.max_new_tokens < 1 or self.max_prompt_tokens < 16:
+            raise ConfigError("generator.max_new_tokens must be >= 1 and generator.max_prompt_tokens >= 16")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"generator.torch_threads must be >= 1 or null, got {self.torch_threads}")
+        if self.test_delay_s < 0:
+            raise ConfigError(f"generator.test_delay_s must be >= 0, got {self.test_delay_s}")
+        # A replica that admits fewer requests than a batch holds can never fill a batch.
+        if self.deployment.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(
+                f"generator.deployment.max_ongoing_requests ({self.deployment.max_ongoing_requests}) must be at "
+                f"least generator.max_batch_size ({self.max_batch_size}), or batches never fill; raise it "
+                f"(twice the batch size lets the next batch form while one runs)")
+
+
+@dataclass
+class IngressConfig:
+    """The HTTP ingress deployment: validation, auth, retrieval, prompt, call to the generator."""
+
+    retrieval_timeout_s: float = field_help(
+        5.0, help="Seconds a search may take before the request fails with 504.")
+    generation_timeout_s: float = field_help(
+        60.0, help="Seconds the generator may take (queueing included) before the request fails with 504.")
+    readiness_timeout_s: float = field_help(2.0, help="Seconds /readyz waits for the generator and retriever.")
+    retrieval_threads: int = field_help(
+        8, help="Threads running searches; a hung backend can hold at most this many, later requests get 504.")
+    deployment: DeploymentSection = _deployment(
+        "Replicas and resources of the ingress.", num_cpus=0.5, max_ongoing_requests=128, max_queued_requests=512,
+        autoscaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 32.0})
+
+    def __post_init__(self) -> None:
+        for name in ("retrieval_timeout_s", "generation_timeout_s", "readiness_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"ingress.{name} must be > 0, got {getattr(self, name)}")
+        if self.retrieval_threads < 1:
+            raise ConfigError(f"ingress.retrieval_threads must be at least 1, got {self.retrieval_threads}")
+
+
+@dataclass
+class LimitsConfig:
+    """Bounds on one request (the query length bound is ``retriever.max_query_chars``)."""
+
+    max_body_bytes: int = field_help(16384, help="Larger request bodies are refused with 413.")
+    max_top_k: int = field_help(20, help="Largest top_k a request may ask for (422 above).")
+    max_new_tokens: int = field_help(64, help="Largest max_new_tokens a request may ask for (422 above).")
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 256:
+            raise ConfigError(f"limits.max_body_bytes must be at least 256, got {self.max_body_bytes}")
+        if self.max_top_k < 1 or self.max_new_tokens < 1:
+            raise ConfigError("limits.max_top_k and limits.max_new_tokens must be at least 1")
+
+
+@dataclass
+class AuthConfig:
+    """Optional API key, from an environment variable or a mounted secret file (never from config)."""
+
+    api_key_env: str = field_help(
+        "RAC_SERVE_API_KEY", help="Environment variable holding the API key (unset or empty: no key from env).")
+    api_key_file: str | None = field_help(
+        None, help="File holding the API key, e.g. a mounted Kubernetes secret; read at replica start.")
+    required: bool = field_help(
+        False, help="Refuse to start without a key (set true in production so a missing secret is loud).")
+
+
+@dataclass
+class ServeConfig:
+    """``build_app`` args: everything the clarifying-question Serve application needs."""
+
+    model_path: str = field_help(
+        "outputs/models/smollm2-135m-instruct",
+        help="Hugging Face model directory (config.json + tokenizer), e.g. one a training job exported. "
+             "Relative paths are resolved against the directory serve run/deploy builds the app in.")
+    model_name: str | None = field_help(None, help="Name reported in responses (None: the model directory's name).")
+    dtype: Literal["float32", "bfloat16", "float16"] = field_help(
+        "float32", help="Weights dtype (float32 on CPU; bfloat16 on recent GPUs).")
+    retriever: RetrieverConfig = nested(RetrieverConfig, "BM25 backend (Elasticsearch when a URL is set).")
+    generator: GeneratorConfig = nested(GeneratorConfig, "Generator deployment and batching.")
+    ingress: IngressConfig = nested(IngressConfig, "Ingress deployment and timeouts.")
+    limits: LimitsConfig = nested(LimitsConfig, "Bounds on one request.")
+    auth: AuthConfig = nested(AuthConfig, "Optional API key.")
+
+    def __post_init__(self) -> None:
+        if not self.model_path:
+            raise ConfigError("model_path must name a Hugging Face model directory")
+        if self.limits.max_top_k < self.retriever.top_k:
+            raise ConfigError(f"limits.max_top_k ({self.limits.max_top_k}) must be >= retriever.top_k "
+                              f"({self.retriever.top_k}), the default a request gets")
+        if self.limits.max_new_tokens < self.generator.max_new_tokens:
+            raise ConfigError(f"limits.max_new_tokens ({self.limits.max_new_tokens}) must be >= "
+                              f"generator.max_new_tokens ({self.generator.max_new_tokens}), the default")
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model_name or Path(self.model_path).name
+
+    def resolved(self, base: str | Path | None = None) -> ServeConfig:
+        """A copy whose relative paths (model, embedded index, key file) are absolute.
+
+        Replicas may start in another working directory than the one the app is built in.
+        """
+        base = Path(base or Path.cwd())
+
+        def absolute(p: str) -> str:
+            return str(p if Path(p).is_absolute() else (base / p).resolve())
+
+        cfg = dataclasses.replace(self, model_path=absolute(self.model_path))
+        cfg.retriever = dataclasses.replace(self.retriever, index_dir=absolute(self.retriever.index_dir))
+        if self.auth.api_key_file:
+            cfg.auth = dataclasses.replace(self.auth, api_key_file=absolute(self.auth.api_key_file))
+        return cfg

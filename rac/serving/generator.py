@@ -1,0 +1,214 @@
+"""Batched greedy generation of clarifying questions, and the statistics of its batches.
+
+:class:`QuestionGenerator` holds one causal LM and its tokenizer and turns a list of
+prompts into questions with one left-padded ``generate`` call. Prompt token ids are those
+training used (``rac.training.data``: no special tokens, then BOS when the tokenizer adds
+one), so a served model sees the inputs it was trained on.
+
+:class:`GenerationScheduler` runs those calls one at a time and, whenever the model frees
+up, merges everything that arrived meanwhile into the next call. Ray Serve's
+``@serve.batch`` forms a batch as soon as its wait timeout passes, even while the previous
+batch still runs; in a closed loop the small batches formed that way stay small and queue
+behind one another. The scheduler lets ``@serve.batch`` gather arrivals (and wait for
+company when the model is idle) and then coalesces its batches up to ``max_batch_size``.
+Nothing here knows about Ray; ``serve/app.py`` wires it into the Serve deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def question_from_text(text: str) -> str:
+    """The clarifying question in generated ``text``: its first line, up to the first '?'.
+
+    A trained model ends the question with EOS; cutting at the first line and question mark
+    keeps an untrained or rambling model to one question.
+    """
+    line = text.strip().split("\n", 1)[0].strip()
+    mark = line.find("?")
+    return line[: mark + 1] if mark >= 0 else line
+
+
+class QuestionGenerator:
+    """One causal LM generating clarifying questions greedily, many prompts at a time.
+
+    Parameters
+    ----------
+    model_path
+        Hugging Face model directory with ``config.json`` and the tokenizer files.
+    dtype
+        Weights dtype name (``float32`` on CPU).
+    torch_threads
+        torch intra-op threads (None: leave as the process has it).
+    """
+
+    def __init__(self, model_path: str | Path, dtype: str = "float32", torch_threads: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from rac.models.factory import load_tokenizer
+
+        path = Path(model_path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no Hugging Face model in {path} (config.json missing); set model_path to an "
+                                    f"exported model directory")
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.torch = torch
+        self.tokenizer = load_tokenizer(path, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
+        self.device = next(self.model.parameters()).device
+        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        logger.info("generator model %s loaded (%s, %d threads)", path, dtype, torch.get_num_threads())
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` as training built them."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if self.tokenizer.bos_token_id is not None and getattr(self.tokenizer, "add_bos_token", False):
+            ids = [self.tokenizer.bos_token_id, *ids]
+        return ids
+
+    def generate(self, prompts: list[str], max_new_tokens: list[int] | int) -> list[str]:
+        """One question per prompt, from one batched greedy ``generate``.
+
+        Parameters
+        ----------
+        prompts
+            Full prompts (``rac.models.prompts.build_prompt(...).text``).
+        max_new_tokens
+            Token limit per prompt (or one for all). The batch runs to the largest; each
+            row is then cut to its own limit, which for greedy decoding is the text the row
+            would have got alone.
+
+        Returns
+        -------
+        The clarifying questions, in the order of ``prompts``.
+        """
+        if not prompts:
+            return []
+        limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(limits)} max_new_tokens values")
+        torch = self.torch
+        encoded = [self.prompt_ids(p) for p in prompts]
+        width = max(len(ids) for ids in encoded)
+        pad = self.tokenizer.pad_token_id
+        # Left padding: every row's last prompt token sits in the same column, where generation starts.
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded],
+                                      device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max(limits), do_sample=False,
+                num_beams=1, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+        new_tokens = out[:, width:].tolist()
+        return [question_from_text(self.tokenizer.decode(row[:limit], skip_special_tokens=True))
+                for row, limit in zip(new_tokens, limits, strict=True)]
+
+
+@dataclass
+class BatchStats:
+    """Counts of the batches a generator replica ran (what ``GET /v1/stats`` shows).
+
+    Serve also exports ``serve_actual_batch_size`` and ``serve_batch_wait_time_ms`` as
+    Prometheus metrics; these counts are the same facts, readable over HTTP.
+    """
+
+    requests: int = 0
+    batches: int = 0
+    max_batch_size_seen: int = 0
+    generate_seconds: float = 0.0
+    size_histogram: Counter = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, batch_size: int, seconds: float) -> None:
+        with self._lock:
+            self.requests += batch_size
+            self.batches += 1
+            self.max_batch_size_seen = max(self.max_batch_size_seen, batch_size)
+            self.generate_seconds += seconds
+            self.size_histogram[batch_size] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"requests": self.requests, "batches": self.batches,
+                    "max_batch_size_seen": self.max_batch_size_seen,
+                    "mean_batch_size": self.requests / self.batches if self.batches else 0.0,
+                    "generate_seconds": round(self.generate_seconds, 4),
+                    "batch_sizes": {str(k): v for k, v in sorted(self.size_histogram.items())}}
+
+
+
+
+class GenerationScheduler:
+    """One generate call at a time, each taking up to ``max_batch_size`` of all pending prompts.
+
+    Parameters
+    ----------
+    generate
+        ``generate(prompts, max_new_tokens) -> questions`` (:meth:`QuestionGenerator.generate`);
+        runs in ``executor``, off the event loop.
+    max_batch_size
+        Prompts per generate call at most.
+    executor
+        Where ``generate`` runs (one worker: calls never overlap anyway).
+    stats
+        Records the size of every generate call.
+    delay_s
+        Testing only: seconds to wait before every generate call.
+    """
+
+    def __init__(self, generate: Callable[[list[str], list[int]], list[str]], max_batch_size: int,
+                 executor: Executor, stats: BatchStats | None = None, delay_s: float = 0.0):
+        self._generate = generate
+        self.max_batch_size = max_batch_size
+        self._executor = executor
+        self.stats = stats or BatchStats()
+        self.delay_s = delay_s
+        self._pending: list[tuple[str, int, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, prompts: list[str], max_new_tokens: list[int]) -> list[str]:
+        """Questions for ``prompts``, generated together with whatever else is pending."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in prompts]
+        self._pending.extend(zip(prompts, max_new_tokens, futures, strict=True))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            # Requests whose caller gave up (timeout, disconnect) are not generated.
+            self._pending = [p for p in self._pending if not p[2].done()]
+            batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size:]
+            if not batch:
+                break
+            t0 = time.perf_counter()
+            try:
+                questions = await loop.run_in_executor(
+                    self._executor, self._generate, [b[0] for b in batch], [b[1] for b in batch])
+            except Exception as e:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.stats.record(len(batch), time.perf_counter() - t0)
+            for (_, _, future), question in zip(batch, questions, strict=True):
+                if not future.done():
+                    future.set_result(question)

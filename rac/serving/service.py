@@ -1,0 +1,186 @@
+"""What one clarify request does, independent of HTTP and Ray: U_q -> D -> prompt -> question.
+
+:class:`ClarifyService` retrieves passages D for the query U_q through the configured
+backend, builds the grounded prompt (``rac.models.prompts``), asks a generator for the
+clarifying question, and scores the question's grounding in D. Every failure it can
+foresee becomes a :class:`ServingError` with an HTTP status and a message safe to show a
+client; details (server names, tracebacks) go to the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from rac.models.prompts import PromptTooLongError, build_prompt
+from rac.retrieval.base import RetrievalError, Retriever, query_error
+from rac.serving.config import ServeConfig
+
+logger = logging.getLogger(__name__)
+
+#: ``async generate(prompt, max_new_tokens) -> question``: the generator deployment, or a stand-in.
+GenerateFn = Callable[[str, int], Awaitable[str]]
+
+
+class ServingError(Exception):
+    """A request that cannot be answered; ``message`` is what the client sees.
+
+    Parameters
+    ----------
+    status
+        HTTP status code.
+    message
+        Client-facing text: says what failed, never how (no hosts, no traceback).
+    field
+        The request field at fault (422 only).
+    retry_after_s
+        Seconds after which a retry may succeed (503 only).
+    """
+
+    def __init__(self, status: int, message: str, field: str | None = None, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+
+def _grounding_fn() -> Callable[[str, list[str]], dict[str, float]] | None:
+    """``rac.evaluation.grounding.parent_grounding`` if that module is installed, else None."""
+    try:
+        from rac.evaluation.grounding import parent_grounding
+    except ImportError:
+        return None
+    return parent_grounding
+
+
+class ClarifyService:
+    """Retrieval, prompt, generation and grounding score for one query at a time.
+
+    Parameters
+    ----------
+    cfg
+        The application config (retriever, limits, timeouts, prompt budget).
+    retriever
+        A BM25 backend (``rac.retrieval.make_retriever(cfg.retriever)``).
+    tokenizer
+        The served model's tokenizer; counts prompt tokens.
+    generate
+        ``async generate(prompt, max_new_tokens) -> question``.
+    """
+
+    def __init__(self, cfg: ServeConfig, retriever: Retriever, tokenizer: Any, generate: GenerateFn):
+        self.cfg = cfg
+        self.retriever = retriever
+        self.tokenizer = tokenizer
+        self._generate = generate
+        # Searches run in threads of their own: a hung backend can hold at most these,
+        # and the event loop (health checks, other requests) never waits on a socket.
+        self._pool = ThreadPoolExecutor(max_workers=cfg.ingress.retrieval_threads, thread_name_prefix="retrieval")
+        self._grounding = _grounding_fn()
+        if self._grounding is None:
+            logger.warning("rac.evaluation.grounding is not installed: responses carry grounding=null")
+
+    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    async def retrieve(self, query: str, top_k: int) -> list[dict[str, Any]]:
+        """Top-``top_k`` passages for ``query``, best first, within ``ingress.retrieval_timeout_s``."""
+        timeout = self.cfg.ingress.retrieval_timeout_s
+        try:
+            (result,) = await asyncio.wait_for(self._in_pool(self.retriever.search, [query], top_k), timeout)
+        except TimeoutError:
+            logger.warning("retrieval did not answer within %.1fs", timeout)
+            raise ServingError(504, f"the retrieval backend did not answer within {timeout:g}s") from None
+        except RetrievalError as e:
+            logger.error("retrieval failed: %s", e)
+            raise ServingError(503, "the retrieval backend is unavailable; retry later", retry_after_s=5) from None
+        if isinstance(result, str):
+            # A per-query failure the backend reported (the query itself was checked before).
+            logger.error("retrieval failed for one query: %s", result)
+            raise ServingError(502, "the retrieval backend could not run this search")
+        return [{"id": str(h["id"]), "text": str(h["text"]), "score": float(h["score"])} for h in result]
+
+    def prompt(self, query: str, passages: list[dict[str, Any]]) -> str:
+        """The grounded prompt, passages trimmed to ``generator.max_prompt_tokens``."""
+        try:
+            return build_prompt(self.tokenizer, query, passages, grounded=True,
+                                max_tokens=self.cfg.generator.max_prompt_tokens).text
+        except PromptTooLongError:
+            raise ServingError(422, f"query is too long for the prompt budget of "
+                                    f"{self.cfg.generator.max_prompt_tokens} tokens", field="query") from None
+
+    async def generate(self, prompt: str, max_new_tokens: int) -> str:
+        timeout = self.cfg.ingress.generation_timeout_s
+        try:
+            return await asyncio.wait_for(self._generate(prompt, max_new_tokens), timeout)
+        except TimeoutError:
+            logger.warning("generation did not finish within %.1fs", timeout)
+            raise ServingError(504, f"the generator did not answer within {timeout:g}s") from None
+
+    async def grounding(self, question: str, passages: list[dict[str, Any]]) -> dict[str, float] | None:
+        """PARENT-style grounding of ``question`` in the passage texts (None if unavailable)."""
+        if self._grounding is None:
+            return None
+        try:
+            scores = await self._in_pool(self._grounding, question, [p["text"] for p in passages])
+        except Exception:
+            # A scoring bug must not cost the user their question; the log keeps the trace.
+            logger.exception("grounding score failed")
+            return None
+        return {k: float(v) for k, v in scores.items()}
+
+    async def clarify(self, query: str, top_k: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
+        """The clarifying question for ``query`` with its passages, grounding and latency.
+
+        Raises
+        ------
+        ServingError
+            422 for a query that cannot be searched, 502/503/504 when a backend fails or is slow.
+        """
+        t0 = time.perf_counter()
+        error = query_error(query, self.cfg.retriever.max_query_chars)
+        if error:
+            raise ServingError(422, error, field="query")
+        top_k = top_k or self.cfg.retriever.top_k
+        max_new_tokens = max_new_tokens or self.cfg.generator.max_new_tokens
+        passages = await self.retrieve(query, top_k)
+        prompt = await self._in_pool(self.prompt, query, passages)
+        question = await self.generate(prompt, max_new_tokens)
+        grounding = await self.grounding(question, passages)
+        return {"question": question, "passages": passages, "model": self.cfg.served_model_name,
+                "grounding": grounding, "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    async def ready(self, check_generator: Callable[[], Awaitable[Any]] | None = None) -> dict[str, str]:
+        """Per component, "ok" or what is wrong; the caller answers 503 unless all are ok."""
+        timeout = self.cfg.ingress.readiness_timeout_s
+        status: dict[str, str] = {}
+        check = getattr(self.retriever, "check_ready", None)
+        try:
+            if check is not None:
+                await asyncio.wait_for(self._in_pool(check), timeout)
+            status["retriever"] = "ok"
+        except TimeoutError:
+            status["retriever"] = f"no answer within {timeout:g}s"
+        except Exception as e:
+            logger.warning("readiness: retriever not ready: %s", e)
+            status["retriever"] = "unavailable"
+        if check_generator is not None:
+            try:
+                await asyncio.wait_for(check_generator(), timeout)
+                status["generator"] = "ok"
+            except TimeoutError:
+                status["generator"] = f"no answer within {timeout:g}s"
+            except Exception as e:
+                logger.warning("readiness: generator not ready: %s", e)
+                status["generator"] = "unavailable"
+        return status
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.retriever.close()

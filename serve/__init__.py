@@ -1,0 +1,1 @@
+"""The Ray Serve application (``serve.app:build_app``), deployed from ``serve/config.yaml``."""
