@@ -15,7 +15,6 @@ from rac.decoding.stage import (
     NEGATIVES_SCHEMA,
     NegativesBatch,
     negatives_dataset,
-    read_input,
     read_negatives,
     run_generate_negatives,
 )
@@ -23,6 +22,6 @@ from rac.decoding.stage import (
 __all__ = [
     "FROM_GROUNDED", "FROM_UNGROUNDED", "NEGATIVES_SCHEMA", "MixtureDecoder", "MixtureSample", "NegativesBatch",
     "NegativesConfig", "SamplingParams", "TokenizerMismatchError", "check_same_tokenizer", "filter_logits",
-    "model_revision", "negatives_dataset", "read_input", "read_negatives", "row_seed", "run_generate_negatives",
+    "model_revision", "negatives_dataset", "read_negatives", "row_seed", "run_generate_negatives",
     "sample_from_logits",
 ]

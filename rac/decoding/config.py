@@ -64,8 +64,10 @@ class NegativesConfig:
     input_dir: str = field_help(
         "outputs/retrieve", help="Output directory of the retrieval stage (its Parquet shards are in retrieved/).")
     output_dir: str = field_help(
-        "outputs/negatives", help="Where the T2 pairs (negatives/part-*.parquet) and run info go. A rerun "
-                                  "into the same directory skips the ids already written.")
+        "outputs/negatives", help="Where the T2 pairs (negatives/part-*.parquet) and run info go.")
+    resume: bool = field_help(
+        True, help="A rerun into the same output_dir skips the ids already written (made with the same settings "
+                   "and models); false deletes them and starts over.")
     splits: list[str] = field_help(["t2"], help=f"Splits whose rows get a negative; any of {list(SPLITS)}.")
     grounded_model: str = field_help(
         "outputs/train/grounded/model", help="p_theta0: model directory of the grounded SFT model (reads the "

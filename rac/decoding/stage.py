@@ -2,10 +2,9 @@
 
 Each actor of the pool loads the grounded and the ungrounded model once and decodes
 ``pool.batch_size`` rows at a time with :class:`~rac.decoding.mixture.MixtureDecoder`.
-The driver writes every output block as its own Parquet part (written to a temporary name,
-then renamed, so a part is either whole or absent). A run that is killed and started again
-reads the ids already written and decodes only the others: nothing is lost, nothing is
-written twice. Every input row of the selected splits comes out exactly once, with its
+The driver writes every output block as its own Parquet part (:mod:`rac.parts`: atomic
+parts, so a run that is killed and started again decodes only the ids not yet written:
+nothing is lost, nothing is written twice). Every input row of the selected splits comes out exactly once, with its
 negative or with an ``error``.
 """
 
@@ -13,18 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from rac.config import ConfigError, write_run_info
-from rac.data.loaders import DataFormatError
+from rac.config import write_run_info
 from rac.data.schema import PASSAGE_TYPE
 from rac.decoding.config import NegativesConfig
 from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
@@ -35,13 +29,13 @@ from rac.decoding.models import (
     model_revision,
     resolve_device,
 )
+from rac.parts import PartWriter, check_params, clear_parts, drop_error_rows, read_parts, table_digest, written_ids
+from rac.retrieval.stage import read_retrieved
 
 logger = logging.getLogger(__name__)
 
 #: Folder of ``output_dir`` holding the Parquet parts.
 NEGATIVES_DIR = "negatives"
-#: Sampling settings and model fingerprints of the parts in NEGATIVES_DIR.
-PARAMS_FILE = "params.json"
 #: Prefix of the error of a row whose decoding raised (not bad input).
 GENERATION_FAILURE = "generation failed: "
 
@@ -167,100 +161,21 @@ class NegativesBatch:
 # ----------------------------------------------------------------------------- input and output
 
 
-def read_input(input_dir: str | Path, splits: list[str]) -> pa.Table:
-    """The retrieval stage's rows of ``splits``, sorted by id.
-
-    ``input_dir`` is a retrieval output directory (shards under ``retrieved/``) or the
-    folder of shards itself.
-    """
-    from rac.retrieval.stage import RETRIEVED_DIR
-
-    path = Path(input_dir)
-    shards = path / RETRIEVED_DIR if (path / RETRIEVED_DIR).is_dir() else path
-    if not shards.is_dir() or not any(shards.glob("*.parquet")):
-        raise FileNotFoundError(f"no retrieval output in {input_dir} (no Parquet shards in {shards}); "
-                                f"run `python -m jobs.retrieve` first or set input_dir to its output_dir")
-    table = pq.read_table(shards)
-    missing = [c for c in INPUT_COLUMNS if c not in table.column_names]
-    if missing:
-        raise DataFormatError(shards, "", f"columns {missing} are missing; expected the record schema "
-                                          f"(rac.data.schema.RECORD_SCHEMA) written by jobs.retrieve")
-    ids = table.column("id")
-    if pc.count_distinct(ids).as_py() != table.num_rows:
-        raise DataFormatError(shards, "", "ids are not unique; every row needs its own stable id")
-    table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(splits, type=pa.string())))
-    return table.sort_by("id")
-
-
-def written_ids(parts_dir: str | Path) -> set[str]:
-    """Ids in the complete parts of ``parts_dir`` (temporary files of a killed run are ignored)."""
-    files = sorted(Path(parts_dir).glob("part-*.parquet"))
-    if not files:
-        return set()
-    return set(pq.read_table(files, columns=["id"]).column("id").to_pylist())
-
-
-def drop_failed_rows(parts_dir: str | Path) -> int:
-    """Remove rows whose decoding raised from the parts, so that a rerun decodes them again.
-
-    Each affected part is rewritten without those rows and swapped in atomically; a run
-    killed in between leaves the rows absent, which a rerun also decodes. Returns the number
-    of rows removed.
-    """
-    removed = 0
-    for file in sorted(Path(parts_dir).glob("part-*.parquet")):
-        table = pq.read_table(file, schema=NEGATIVES_SCHEMA)
-        failed = pc.fill_null(pc.starts_with(table.column("error"), GENERATION_FAILURE), False)
-        n_failed = pc.sum(failed).as_py() or 0
-        if n_failed:
-            kept = table.filter(pc.invert(failed))
-            if kept.num_rows:
-                _write_part(Path(parts_dir), file.name, kept)
-            else:
-                file.unlink()
-            removed += n_failed
-    return removed
-
-
 def read_negatives(output_dir: str | Path) -> pa.Table:
     """The pairs a negatives run wrote (:data:`NEGATIVES_SCHEMA`), sorted by id."""
-    files = sorted((Path(output_dir) / NEGATIVES_DIR).glob("part-*.parquet"))
-    if not files:
-        return NEGATIVES_SCHEMA.empty_table()
-    return pq.read_table(files, schema=NEGATIVES_SCHEMA).sort_by("id")
+    table = read_parts(Path(output_dir) / NEGATIVES_DIR, schema=NEGATIVES_SCHEMA)
+    return NEGATIVES_SCHEMA.empty_table() if table is None else table.sort_by("id")
 
 
-def _write_part(parts_dir: Path, name: str, table: pa.Table) -> Path:
-    tmp = parts_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(table, tmp)
-    final = parts_dir / name
-    os.replace(tmp, final)  # atomic: a reader sees the whole part or none of it
-    return final
-
-
-def _run_params(cfg: NegativesConfig, revisions: dict[str, str]) -> dict[str, Any]:
+def _run_params(cfg: NegativesConfig, revisions: dict[str, str], table: pa.Table) -> dict[str, Any]:
     """What makes a negative what it is; parts from different params must not be mixed."""
     keys = ("alpha", "temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "max_prompt_tokens",
             "stop_at_question", "seed")
     params: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
     # The weights digest, not the path: moving a model does not change its negatives.
     params.update({f"{k}_digest": v.rsplit("@", 1)[-1] for k, v in revisions.items()})
+    params["input_digest"] = table_digest(table, ["id", "query", "question", "passages"])
     return params
-
-
-def _check_params(parts_dir: Path, params: dict[str, Any]) -> None:
-    path = parts_dir / PARAMS_FILE
-    if path.is_file():
-        before = json.loads(path.read_text())
-        diff = {k: (before.get(k), v) for k, v in params.items() if before.get(k) != v}
-        if diff:
-            changes = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            raise ConfigError(f"{parts_dir} holds negatives made with other settings ({changes}); set "
-                              f"output_dir to a new directory, or delete {parts_dir} to start over")
-    elif any(parts_dir.glob("part-*.parquet")):
-        raise ConfigError(f"{parts_dir} holds parts without {PARAMS_FILE}; delete them or choose another output_dir")
-    else:
-        path.write_text(json.dumps(params, indent=2))
 
 
 def negatives_dataset(ds: Any, cfg: NegativesConfig, revisions: dict[str, str]) -> Any:
@@ -278,7 +193,7 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
 
     Output in ``cfg.output_dir``: ``negatives/part-*.parquet`` (:data:`NEGATIVES_SCHEMA`,
     every input row of the selected splits exactly once, by id; read them with
-    :func:`read_negatives`), ``negatives/params.json`` (sampling settings and model
+    :func:`read_negatives`), ``negatives/_params.json`` (sampling settings and model
     digests of the parts), ``errors.jsonl`` (rows with an error) and the run info.
     Ids already written by an earlier run into the same directory are skipped, except rows
     whose decoding raised there (``cfg.retry_failed``).
@@ -298,15 +213,15 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
     check_same_tokenizer(cfg.grounded_model, cfg.ungrounded_model)
     revisions = {"grounded_model": model_revision(cfg.grounded_model, cfg.hash_weights),
                  "ungrounded_model": model_revision(cfg.ungrounded_model, cfg.hash_weights)}
-    table = read_input(cfg.input_dir, cfg.splits)
+    table = read_retrieved(cfg.input_dir, cfg.splits, INPUT_COLUMNS)
 
     out = Path(cfg.output_dir)
     parts_dir = out / NEGATIVES_DIR
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    _check_params(parts_dir, _run_params(cfg, revisions))
-    for stale in parts_dir.glob(".part-*.tmp"):  # a part a killed run was writing
-        stale.unlink()
-    retried = drop_failed_rows(parts_dir) if cfg.retry_failed else 0
+    writer = PartWriter(parts_dir)
+    if not cfg.resume:
+        clear_parts(parts_dir)
+    check_params(parts_dir, _run_params(cfg, revisions, table), restart_hint="pass --resume false to start over")
+    retried = drop_error_rows(parts_dir, GENERATION_FAILURE, NEGATIVES_SCHEMA) if cfg.retry_failed else 0
     done = written_ids(parts_dir)
     ids = table.column("id").to_pylist()
     todo_rows = [r for r in table.to_pylist() if r["id"] not in done]
@@ -320,15 +235,10 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
         bs = cfg.pool.batch_size
         todo = pa.Table.from_pylist(todo_rows, schema=table.schema)
         blocks = [todo.slice(i, bs) for i in range(0, todo.num_rows, bs)]
-        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         results = negatives_dataset(ray.data.from_arrow(blocks), cfg, revisions)
-        n_parts = n_rows = 0
         for part in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if part.num_rows == 0:
-                continue
-            _write_part(parts_dir, f"part-{stamp}-{n_parts:05d}.parquet", part)
-            n_parts, n_rows = n_parts + 1, n_rows + part.num_rows
-            logger.info("negatives: %d/%d rows written", n_rows, len(todo_rows))
+            writer.write(part)
+            logger.info("negatives: %d/%d rows written", writer.rows, len(todo_rows))
 
     written = read_negatives(out)
     written = written.filter(pc.is_in(written.column("id"), value_set=pa.array(ids, type=pa.string())))

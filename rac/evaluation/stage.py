@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rac.config import ConfigError, write_run_info
-from rac.data.loaders import DataFormatError
 from rac.data.schema import PASSAGE_TYPE
 from rac.evaluation.config import EvaluateConfig, SystemConfig
 from rac.evaluation.grounding import parent_grounding
@@ -43,6 +41,8 @@ from rac.evaluation.scorers import (
     resolve_device,
     resolve_embedding_model,
 )
+from rac.parts import read_stage_output
+from rac.retrieval.stage import read_retrieved
 
 logger = logging.getLogger(__name__)
 
@@ -290,38 +290,11 @@ def run_model_scores(items: dict[str, tuple[str, Any]], cfg: EvaluateConfig,
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_eval_rows(input_dir: str | Path, splits: list[str]) -> pa.Table:
-    """The retrieval stage's rows of ``splits`` (record schema), sorted by id."""
-    from rac.retrieval.stage import RETRIEVED_DIR
-
-    path = Path(input_dir)
-    shards = path / RETRIEVED_DIR if (path / RETRIEVED_DIR).is_dir() else path
-    if not shards.is_dir() or not any(shards.glob("*.parquet")):
-        raise FileNotFoundError(f"no retrieval output in {input_dir} (no Parquet shards in {shards}); run "
-                                f"`python -m jobs.retrieve` first or set input_dir to its output_dir")
-    table = pq.read_table(shards)
-    missing = [c for c in INPUT_COLUMNS if c not in table.column_names]
-    if missing:
-        raise DataFormatError(shards, "", f"columns {missing} are missing; expected the record schema "
-                                          f"(rac.data.schema.RECORD_SCHEMA) written by jobs.retrieve")
-    if pc.count_distinct(table.column("id")).as_py() != table.num_rows:
-        raise DataFormatError(shards, "", "ids are not unique; every row needs its own stable id")
-    table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(splits, type=pa.string())))
-    return table.select(list(INPUT_COLUMNS)).sort_by("id")
-
-
 def read_mixture_rows(alpha: float, output_dir: str | Path) -> list[dict[str, Any]]:
     """The T2 pairs a negatives run at mixing rate ``alpha`` wrote (its ``negatives/`` parts)."""
-    path = Path(output_dir)
-    parts = path / NEGATIVES_DIR if (path / NEGATIVES_DIR).is_dir() else path
-    files = sorted(parts.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"negatives_dirs[{alpha}]: no Parquet parts in {parts}; run "
-                                f"`python -m jobs.generate_negatives --alpha {alpha}` into {output_dir}")
-    table = pq.read_table(files)
-    missing = [c for c in NEGATIVES_COLUMNS if c not in table.column_names]
-    if missing:
-        raise DataFormatError(parts, "", f"columns {missing} are missing; expected the negatives stage's rows")
+    table, _ = read_stage_output(
+        output_dir, NEGATIVES_DIR, NEGATIVES_COLUMNS, expected="the negatives stage's rows",
+        absent=f"negatives_dirs[{alpha}]: run `python -m jobs.generate_negatives --alpha {alpha}` into {output_dir}")
     rows = table.select(list(NEGATIVES_COLUMNS)).sort_by("id").to_pylist()
     stated = {r["alpha"] for r in rows if r["alpha"] is not None}
     if stated and any(abs(a - alpha) > 1e-9 for a in stated):
@@ -460,7 +433,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from rac.evaluation.report import build_report, write_markdown, write_plots
 
     embedding_dir = check_inputs(cfg)
-    rows = read_eval_rows(cfg.input_dir, cfg.splits) if cfg.systems else None
+    rows = read_retrieved(cfg.input_dir, cfg.splits, INPUT_COLUMNS).select(list(INPUT_COLUMNS)) if cfg.systems \
+        else None
     mixture_rows = [_mixture_row(alpha, r) for alpha, d in cfg.alpha_dirs() for r in read_mixture_rows(alpha, d)]
     out = Path(cfg.output_dir)
     # Outputs of an earlier run (another set of systems) must not mix with this run's.

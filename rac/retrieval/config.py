@@ -88,5 +88,8 @@ class RetrieveConfig:
     data: DataConfig = nested(DataConfig, "Records whose queries are retrieved for.")
     retriever: RetrieverConfig = nested(RetrieverConfig, "Backend to search.")
     pool: ActorPoolConfig = nested(ActorPoolConfig, "Actor pool of the retrieval stage.")
-    output_dir: str = field_help("outputs/retrieve", help="Where the Parquet shards and run info go.")
+    output_dir: str = field_help("outputs/retrieve", help="Where the Parquet parts (retrieved/) and run info go.")
+    resume: bool = field_help(
+        True, help="A rerun into the same output_dir skips the ids already written with the same settings, data "
+                   "and index, and searches again the rows the server failed; false deletes them and starts over.")
     show: int = field_help(3, help="Queries printed beside their passages at the end (0: none).")

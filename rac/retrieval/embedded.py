@@ -10,6 +10,7 @@ is a regular expression close to, not equal to, the standard analyzer's UAX #29 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -62,7 +63,9 @@ class EmbeddedBM25Retriever:
         model.save(str(index_dir / "bm25s"), show_progress=False)
         pq.write_table(pa.Table.from_pylist([{"id": p["id"], "text": p["text"]} for p in passages]),
                        index_dir / PASSAGES_FILE)
-        (index_dir / PARAMS_FILE).write_text(json.dumps({"k1": k1, "b": b, "num_passages": len(passages)}))
+        digest = hashlib.sha256(json.dumps([[p["id"], p["text"]] for p in passages]).encode()).hexdigest()[:16]
+        (index_dir / PARAMS_FILE).write_text(json.dumps({"k1": k1, "b": b, "num_passages": len(passages),
+                                                         "corpus_digest": digest}))
         logger.info("embedded BM25 index of %d passages written to %s", len(passages), index_dir)
         return index_dir
 

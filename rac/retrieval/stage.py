@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rac.config import ActorPoolConfig, write_run_info
+from rac.data.loaders import DataFormatError
 from rac.data.prepare import prepare_data
 from rac.data.schema import PASSAGE_TYPE, records_to_table
+from rac.parts import (
+    PartWriter,
+    check_params,
+    clear_parts,
+    drop_error_rows,
+    part_files,
+    read_stage_output,
+    table_digest,
+    written_ids,
+)
 from rac.retrieval.base import IndexMissingError, RetrievalError, Retriever, query_error
 from rac.retrieval.config import IndexConfig, RetrieveConfig, RetrieverConfig
 from rac.retrieval.elasticsearch import ElasticsearchRetriever
@@ -157,30 +167,64 @@ def retrieve_dataset(ds: Any, retriever: RetrieverConfig, pool: ActorPoolConfig)
                           **pool.map_batches_kwargs())
 
 
-def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
-    """Retrieve passages for every record of ``cfg.data`` and write Parquet shards.
+def index_fingerprint(cfg: RetrieverConfig) -> str:
+    """What identifies the index a retrieval searched: a rebuilt index means other passages."""
+    if cfg.backend == "elasticsearch":
+        es = ElasticsearchRetriever(cfg.elasticsearch, k1=cfg.k1, b=cfg.b)
+        try:
+            return f"{cfg.elasticsearch.url}/{cfg.elasticsearch.index_name} ({es.count()} passages)"
+        finally:
+            es.close()
+    params = json.loads((Path(cfg.index_dir) / PARAMS_FILE).read_text())
+    return params.get("corpus_digest") or json.dumps(params, sort_keys=True)
 
-    Output in ``cfg.output_dir``: ``retrieved/`` (Parquet shards of the record schema,
-    every input record exactly once, by id), ``errors.jsonl`` (the rows with an error),
-    ``dropped.jsonl`` (input rows the loader did not make records, and why), run info.
+
+def _run_params(cfg: RetrieveConfig, table: pa.Table) -> dict[str, Any]:
+    """What makes a retrieved row what it is; rows from different params must not be mixed."""
+    r = cfg.retriever
+    return {"backend": r.backend, "index": index_fingerprint(r), "top_k": r.top_k, "k1": r.k1, "b": r.b,
+            "max_query_chars": r.max_query_chars, "records_digest": table_digest(table, ["id", "query"])}
+
+
+def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
+    """Retrieve passages for every record of ``cfg.data`` and write Parquet parts.
+
+    Output in ``cfg.output_dir``: ``retrieved/`` (Parquet parts of the record schema,
+    every input record exactly once, by id; read them with :func:`read_retrieved`),
+    ``errors.jsonl`` (the rows with an error), ``dropped.jsonl`` (input rows the loader did
+    not make records, and why), run info. Each finished block is written as its own part
+    (:mod:`rac.parts`): a rerun into the same ``output_dir`` with the same settings, data
+    and index skips the ids already written and searches again the rows the server failed.
     """
     import ray
 
     check_retriever(cfg.retriever)
     loaded, _ = prepare_data(cfg.data)
     out = Path(cfg.output_dir)
-    shards_dir = out / RETRIEVED_DIR
-    if shards_dir.exists():
-        shutil.rmtree(shards_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    parts_dir = out / RETRIEVED_DIR
     table = records_to_table(loaded.records)
-    num_blocks = max(1, min(table.num_rows // cfg.pool.batch_size + 1, 4 * cfg.pool.max_size))
-    ds = ray.data.from_arrow(table).repartition(num_blocks)
-    retrieve_dataset(ds, cfg.retriever, cfg.pool).write_parquet(str(shards_dir))
-    written = pq.read_table(shards_dir, columns=["id", "query", "error"])
+    writer = PartWriter(parts_dir)
+    if not cfg.resume:
+        clear_parts(parts_dir)
+    check_params(parts_dir, _run_params(cfg, table), restart_hint="pass --resume false to start over")
+    retried = drop_error_rows(parts_dir, SERVER_FAILURE)
+    done = written_ids(parts_dir)
+    todo = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(done), pa.string()))))
+    logger.info("retrieve: %d records, %d already written, %d to search", table.num_rows,
+                table.num_rows - todo.num_rows, todo.num_rows)
+    if todo.num_rows:
+        bs = cfg.pool.batch_size
+        blocks = [todo.slice(i, bs) for i in range(0, todo.num_rows, bs)]
+        results = retrieve_dataset(ray.data.from_arrow(blocks), cfg.retriever, cfg.pool)
+        for part in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.write(part)
+            logger.info("retrieve: %d/%d rows written", writer.rows, todo.num_rows)
+
+    written = pq.read_table(part_files(parts_dir), columns=["id", "query", "error"])
     ids = written.column("id").to_pylist()
     if len(ids) != len(loaded.records) or set(ids) != {r["id"] for r in loaded.records}:
-        raise RuntimeError(f"retrieval wrote {len(ids)} rows for {len(loaded.records)} records")
+        raise RuntimeError(f"the parts in {parts_dir} hold {len(ids)} rows ({len(set(ids))} distinct ids) for "
+                           f"{len(loaded.records)} records; delete {parts_dir} and run again")
     errors = written.filter(pc.is_valid(written.column("error")))
     with (out / "errors.jsonl").open("w") as f:
         for row in errors.to_pylist():
@@ -190,6 +234,7 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
             f.write(json.dumps(row) + "\n")
     server_failures = sum(e.startswith(SERVER_FAILURE) for e in errors.column("error").to_pylist())
     summary = {"backend": cfg.retriever.backend, "rows_in": loaded.rows_in, "records": len(loaded.records),
+               "skipped": table.num_rows - todo.num_rows, "searched": todo.num_rows, "retried": retried,
                "with_passages": len(ids) - errors.num_rows, "error_rows": errors.num_rows,
                "server_failures": server_failures, "dropped_rows": len(loaded.dropped)}
     write_run_info(out, "retrieve", cfg, summary=summary)
@@ -197,7 +242,24 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
     return summary
 
 
-def read_retrieved(output_dir: str | Path) -> pa.Table:
-    """The records a retrieval run wrote, sorted by id."""
-    table = pq.read_table(Path(output_dir) / RETRIEVED_DIR)
+#: Columns every reader of the retrieval output needs.
+RETRIEVED_COLUMNS = ("id", "query", "question", "passages", "split", "error")
+
+
+def read_retrieved(input_dir: str | Path, splits: list[str] | None = None,
+                   columns: tuple[str, ...] = RETRIEVED_COLUMNS) -> pa.Table:
+    """The records a retrieval run wrote (those of ``splits``, when given), sorted by id.
+
+    ``input_dir`` is a retrieval output directory (parts under ``retrieved/``) or the folder
+    of parts itself. Raises ``FileNotFoundError`` when there is no output, and
+    :class:`~rac.data.loaders.DataFormatError` when ``columns`` are missing or ids repeat.
+    """
+    table, parts = read_stage_output(
+        input_dir, RETRIEVED_DIR, columns, absent=f"no retrieval output in {input_dir}: run `python -m jobs.retrieve` "
+                                                  f"first or set input_dir to its output_dir",
+        expected="the record schema (rac.data.schema.RECORD_SCHEMA) written by jobs.retrieve")
+    if pc.count_distinct(table.column("id")).as_py() != table.num_rows:
+        raise DataFormatError(parts, "", "ids are not unique; every row needs its own stable id")
+    if splits is not None:
+        table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(splits, type=pa.string())))
     return table.sort_by("id")

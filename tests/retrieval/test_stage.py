@@ -1,13 +1,20 @@
 """The retrieval and indexing stages on real local Ray Data."""
 
+import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from rac.config import ActorPoolConfig
+from rac.config import ActorPoolConfig, ConfigError
 from rac.data import load_data
 from rac.data.config import DataConfig
+from rac.parts import FAULT_KILL_AFTER_PARTS
 from rac.retrieval import (
     ElasticsearchConfig,
     IndexConfig,
@@ -21,6 +28,7 @@ from rac.retrieval import (
     run_retrieve,
 )
 from rac.retrieval.stage import SERVER_FAILURE
+from tests.conftest import REPO
 
 POOL = ActorPoolConfig(min_size=1, max_size=2, batch_size=8)
 
@@ -115,3 +123,72 @@ def test_retrieve_fails_fast_without_index_or_server(tmp_path, dead_url):
     es = ElasticsearchConfig(url=dead_url, max_retries=1, retry_backoff=0.05)
     with pytest.raises(ServerUnavailableError, match=dead_url):
         run_retrieve(RetrieveConfig(retriever=RetrieverConfig(elasticsearch=es), output_dir=str(tmp_path)))
+
+
+def _retrieve_cfg(tmp_path, **overrides):
+    fields = {"data": DataConfig(format="demo"),
+              "retriever": RetrieverConfig(top_k=3, index_dir=str(tmp_path / "bm25")),
+              "pool": ActorPoolConfig(min_size=1, max_size=1, batch_size=8), "output_dir": str(tmp_path / "retrieve"),
+              "show": 0}
+    return RetrieveConfig(**{**fields, **overrides})
+
+
+def _parts(tmp_path):
+    return sorted((tmp_path / "retrieve" / "retrieved").glob("part-*.parquet"))
+
+
+def test_killed_retrieve_resumes_without_redoing_or_losing_rows(ray_local, tmp_path):
+    cfg = _retrieve_cfg(tmp_path)
+    run_index(IndexConfig(data=cfg.data, retriever=cfg.retriever, output_dir=str(tmp_path / "index")))
+    ids = sorted(r["id"] for r in load_data("demo").records)
+    argv = [sys.executable, "-m", "jobs.retrieve", "--output_dir", cfg.output_dir, "--retriever.index_dir",
+            cfg.retriever.index_dir, "--retriever.top_k", "3", "--pool.max_size", "1", "--pool.batch_size", "8",
+            "--show", "0"]
+
+    # The job is SIGKILLed right after its second part, as a preempted node would be.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, FAULT_KILL_AFTER_PARTS: "2"}
+    killed = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    first = {p.name: pq.read_table(p) for p in _parts(tmp_path)}
+    assert len(first) == 2 and sum(t.num_rows for t in first.values()) == 16
+    assert not (tmp_path / "retrieve" / "run_info.json").exists()
+    (tmp_path / "retrieve" / "retrieved" / ".part-x-00002.parquet.0a1b2c3d.tmp").write_bytes(b"PAR1 half")
+
+    summary = run_retrieve(cfg)
+    assert (summary["skipped"], summary["searched"], summary["records"]) == (16, len(ids) - 16, len(ids))
+    out = read_retrieved(cfg.output_dir)
+    assert out.column("id").to_pylist() == ids  # every id, once
+    for name, table in first.items():  # the parts of the killed run are kept as they were
+        assert pq.read_table(tmp_path / "retrieve" / "retrieved" / name).equals(table)
+    assert not list((tmp_path / "retrieve" / "retrieved").glob("*.tmp"))
+    # The same rows as an uninterrupted run.
+    fresh = run_retrieve(_retrieve_cfg(tmp_path, output_dir=str(tmp_path / "fresh")))
+    assert fresh["searched"] == len(ids)
+    assert read_retrieved(tmp_path / "fresh").select(["id", "passages", "error"]).equals(
+        out.select(["id", "passages", "error"]))
+
+
+def test_rerun_searches_again_server_failures_and_refuses_other_settings(ray_local, tmp_path):
+    cfg = _retrieve_cfg(tmp_path)
+    run_index(IndexConfig(data=cfg.data, retriever=cfg.retriever, output_dir=str(tmp_path / "index")))
+    n = run_retrieve(cfg)["records"]
+    part = _parts(tmp_path)[0]
+    rows = pq.read_table(part).to_pylist()
+    failed = [r["id"] for r in rows[:3]]
+    for r in rows[:3]:  # as RetrieveBatch records a batch the server did not answer
+        r.update(passages=None, error=f"{SERVER_FAILURE}ConnectionError: simulated")
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(part)), part)
+
+    again = run_retrieve(cfg)
+    assert (again["retried"], again["searched"], again["skipped"], again["server_failures"]) == (3, 3, n - 3, 0)
+    by_id = {r["id"]: r for r in read_retrieved(cfg.output_dir).to_pylist()}
+    assert len(by_id) == n and all(by_id[i]["passages"] and by_id[i]["error"] is None for i in failed)
+
+    # Rows searched with other settings are never mixed with new ones ...
+    other = _retrieve_cfg(tmp_path, retriever=RetrieverConfig(top_k=2, index_dir=cfg.retriever.index_dir))
+    with pytest.raises(ConfigError, match="top_k: 3 there, 2 now.*--resume false"):
+        run_retrieve(other)
+    # ... unless asked to start over.
+    over = run_retrieve(dataclasses.replace(other, resume=False))
+    assert (over["searched"], over["skipped"]) == (n, 0)
+    assert all(len(r["passages"]) <= 2 for r in read_retrieved(cfg.output_dir).to_pylist() if r["passages"])
