@@ -5,6 +5,9 @@ Each stage writes into ``<run_dir>/<stage>/`` with a ``manifest.json``: the stag
 of its resolved config, the fingerprints of its inputs (upstream manifests, data files),
 package versions, git revision and row counts in and out. A re-run skips every stage
 whose config and inputs are unchanged; ``--from STAGE`` re-runs that stage and all after.
+A stage killed midway resumes from what it wrote (retrieval and negatives skip the ids
+already written, training resumes from its last checkpoint) when it is run again with the
+same config and inputs; with others, its folder is deleted and the stage starts clean.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +44,8 @@ UPSTREAM = {
     "evaluate": ("retrieve", "sft_grounded", "sft_ungrounded", "train_rac", "negatives"),
 }
 MANIFEST = "manifest.json"
+#: Written when a stage starts: the config hash and inputs its output in the folder belongs to.
+STARTED = "started.json"
 
 
 @dataclass
@@ -143,9 +149,12 @@ def external_inputs(stage: str, cfg: PipelineConfig) -> dict[str, str]:
     return out
 
 
-def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    path = stage_dir / MANIFEST
+def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    return read_json(stage_dir / MANIFEST)
 
 
 def _rows(summary: dict[str, Any]) -> tuple[Any, Any]:
@@ -176,6 +185,21 @@ def runners() -> dict[str, Callable[[Any], dict[str, Any]]]:
             "evaluate": evaluate}
 
 
+def _prepare_stage_dir(stage_dir: Path, key: dict[str, Any], forced: bool) -> None:
+    """Keep what a killed run of this very stage left (its stage resumes from it), else start clean.
+
+    A stage directory written with another config or other inputs, or one restarted with
+    ``--from``, is deleted first: no stage ever resumes from output that is not its own.
+    """
+    started = read_json(stage_dir / STARTED)
+    if stage_dir.exists() and (forced or started != key):
+        why = "--from" if forced else "its config or inputs changed"
+        logger.info("%s: deleting the earlier output (%s) before running", stage_dir, why)
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / STARTED).write_text(json.dumps(key, indent=2))
+
+
 def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str, dict[str, Any]]:
     """Run the configured stages in order, skipping those whose config and inputs are unchanged.
 
@@ -201,6 +225,7 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
                         previous.get("finished"))
             manifests[stage] = {**previous, "skipped": True}
             continue
+        _prepare_stage_dir(run / stage, {"config_hash": config_hash, "inputs": inputs}, forced)
         logger.info("stage %d/%d %s: running", i, len(cfg.stages), stage)
         start = time.perf_counter()
         summary = run_fns[stage](stage_cfg)

@@ -3,10 +3,12 @@
 import dataclasses
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from rac.config import ConfigError, parse_config
 from rac.pipeline import MANIFEST, PipelineConfig, run_pipeline
+from rac.retrieval import read_retrieved
 
 
 def test_rerun_skips_unchanged_and_reruns_changed_stages(ray_local, tmp_path):
@@ -25,9 +27,24 @@ def test_rerun_skips_unchanged_and_reruns_changed_stages(ray_local, tmp_path):
     third = run_pipeline(changed)  # top_k changes the index config too (same section): both re-run
     assert not third["retrieve"]["skipped"]
     assert third["retrieve"]["config_hash"] != first["retrieve"]["config_hash"]
+    # A changed stage starts clean: every row searched again, none kept from top_k=5.
+    assert third["retrieve"]["summary"]["searched"] == 102
+    assert max(len(r["passages"] or []) for r in read_retrieved(tmp_path / "retrieve").to_pylist()) == 2
 
-    forced = run_pipeline(changed, start_from="retrieve")
+    # Killed midway (no manifest, some parts written): the same stage resumes from its parts.
+    (tmp_path / "retrieve" / MANIFEST).unlink()
+    parts = sorted((tmp_path / "retrieve" / "retrieved").glob("part-*.parquet"))
+    for p in parts[1:]:
+        p.unlink()
+    resumed = run_pipeline(changed)
+    assert resumed["index"]["skipped"] and not resumed["retrieve"]["skipped"]
+    kept = pq.read_metadata(parts[0]).num_rows
+    assert (resumed["retrieve"]["summary"]["skipped"], resumed["retrieve"]["summary"]["searched"]) == \
+        (kept, 102 - kept)
+
+    forced = run_pipeline(changed, start_from="retrieve")  # --from restarts the stage clean
     assert forced["index"]["skipped"] and not forced["retrieve"]["skipped"]
+    assert forced["retrieve"]["summary"]["searched"] == 102
 
 
 def test_unknown_stage_and_from_are_refused(tmp_path):

@@ -7,6 +7,7 @@ import sys
 
 import pyarrow.parquet as pq
 
+from rac.testing.tiny import save_tiny_model
 from tests.conftest import REPO
 
 
@@ -16,24 +17,49 @@ def run_job(module, *args, timeout=300):
                           text=True, timeout=timeout)
 
 
-def test_main_job_runs_on_embedded_defaults(tmp_path):
-    # The retrieval half of the demo pipeline (the model stages are tested on tiny models in
-    # tests/training, tests/decoding and tests/evaluation; the whole demo takes ~20 minutes).
-    proc = run_job("jobs.pipeline", "--config", "configs/demo.yaml", "--run_dir", str(tmp_path), "--show", "2",
-                   "--stages", "[index, retrieve]")
+STAGES = ["index", "retrieve", "sft_grounded", "sft_ungrounded", "negatives", "train_rac", "evaluate"]
+
+
+def test_main_job_runs_every_stage_and_skips_them_on_rerun(tmp_path):
+    # The demo pipeline (configs/demo.yaml: demo data, embedded BM25, local Ray) with a tiny
+    # model in place of SmolLM2 and two optimizer steps per training stage, through the door
+    # a user runs. (The full demo on SmolLM2 is `make run`; its timing is in the README.)
+    base = save_tiny_model(tmp_path / "tiny")
+    run = tmp_path / "run"
+    args = ["--config", "configs/demo.yaml", "--run_dir", str(run), "--base_model", str(base),
+            "--stages", f"[{', '.join(STAGES)}]", "--show", "2", "--evaluate.fluency_model", str(base),
+            "--evaluate.bootstrap_samples", "200", "--evaluate.embedding_model", "null"]
+    for section in ("sft", "rac"):
+        args += [f"--{section}.max_steps", "2", f"--{section}.scaling.num_workers", "1"]
+    proc = run_job("jobs.pipeline", *args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "queries and the passages retrieved for them" in proc.stdout
-    assert "gold question:" in proc.stdout
-    again = run_job("jobs.pipeline", "--config", "configs/demo.yaml", "--run_dir", str(tmp_path), "--show", "0",
-                    "--stages", "[index, retrieve]")
-    assert again.returncode == 0 and again.stdout.count("unchanged, skipped") == 2
-    table = pq.read_table(tmp_path / "retrieve" / "retrieved")
-    assert table.num_rows == 102 and table.column("error").null_count == 102
-    assert set(table.column("split").to_pylist()) == {"t1", "t2", "test"}
-    for stage in ("index", "retrieve"):
-        info = json.loads((tmp_path / stage / "run_info.json").read_text())
-        assert info["stage"] == stage and "ray" in info["versions"] and info["git_revision"]
-        assert (tmp_path / stage / "config.yaml").is_file()
+    assert proc.stdout.count("ran in") == len(STAGES)
+    assert "example clarifying questions:" in proc.stdout and "metrics (test split):" in proc.stdout
+    for system in ("grounded-sft", "ungrounded-sft", "rac"):
+        assert f"  {system}: " in proc.stdout  # a question of each system beside the passages
+        assert any(line.startswith(f"  {system} ") for line in proc.stdout.splitlines())  # its metrics row
+
+    # Every row accounted for, stage to stage.
+    manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in STAGES}
+    splits = pq.read_table(run / "retrieve" / "retrieved", columns=["split"]).column("split").to_pylist()
+    assert manifests["retrieve"]["rows_in"] == manifests["retrieve"]["rows_out"] == len(splits) == 102
+    negatives = pq.read_table(run / "negatives" / "negatives")
+    assert sorted(set(negatives.column("split").to_pylist())) == ["t2"]
+    assert negatives.num_rows == splits.count("t2") == manifests["negatives"]["rows_in"]
+    with_error = negatives.num_rows - negatives.column("error").null_count
+    assert negatives.column("rejected").null_count == with_error == negatives.num_rows - \
+        manifests["negatives"]["rows_out"]
+    for stage in ("sft_grounded", "sft_ungrounded", "train_rac"):
+        assert (run / stage / "model" / "config.json").is_file()
+    report = json.loads((run / "evaluate" / "report.json").read_text())
+    assert set(report["systems"]) == {"grounded-sft", "ungrounded-sft", "rac"}
+    assert all(s["evaluated"] + s["error_rows"] == splits.count("test") for s in report["systems"].values())
+    for stage in STAGES:
+        assert manifests[stage]["git_revision"] and "ray" in manifests[stage]["versions"]
+
+    again = run_job("jobs.pipeline", *args, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("unchanged, skipped") == len(STAGES)
 
 
 def test_index_and_retrieve_jobs_on_elasticsearch(tmp_path, es_config):
