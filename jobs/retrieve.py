@@ -10,8 +10,9 @@ def main(cfg: RetrieveConfig) -> None:
     summary = run_retrieve(cfg)
     if cfg.show:
         print(format_examples(read_retrieved(cfg.output_dir).to_pylist()[: cfg.show]))
-    print(f"{summary['with_passages']} of {summary['records']} queries retrieved, {summary['error_rows']} "
-          f"error rows ({cfg.output_dir}/errors.jsonl); outputs in {cfg.output_dir}")
+    print(f"{summary['with_passages']} of {summary['records']} queries retrieved, {summary['without_passages']} "
+          f"matched no passage, {summary['error_rows']} error rows ({cfg.output_dir}/errors.jsonl); outputs in "
+          f"{cfg.output_dir}")
     if summary["server_failures"]:
         raise RuntimeError(f"the search server failed for {summary['server_failures']} rows; they are "
                            f"recorded in {cfg.output_dir}/errors.jsonl")

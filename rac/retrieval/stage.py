@@ -220,12 +220,15 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
             writer.write(part)
             logger.info("retrieve: %d/%d rows written", writer.rows, todo.num_rows)
 
-    written = pq.read_table(part_files(parts_dir), columns=["id", "query", "error"])
+    written = pq.read_table(part_files(parts_dir), columns=["id", "query", "passages", "error"])
     ids = written.column("id").to_pylist()
     if len(ids) != len(loaded.records) or set(ids) != {r["id"] for r in loaded.records}:
         raise RuntimeError(f"the parts in {parts_dir} hold {len(ids)} rows ({len(set(ids))} distinct ids) for "
                            f"{len(loaded.records)} records; delete {parts_dir} and run again")
-    errors = written.filter(pc.is_valid(written.column("error")))
+    errors = written.filter(pc.is_valid(written.column("error"))).select(["id", "query", "error"])
+    # A query none of whose words is in the corpus gets no passage: no error, nothing to ground on.
+    found = pc.fill_null(pc.list_value_length(written.column("passages")), 0)
+    with_passages = pc.sum(pc.greater(found, 0)).as_py() or 0
     with (out / "errors.jsonl").open("w") as f:
         for row in errors.to_pylist():
             f.write(json.dumps(row) + "\n")
@@ -235,7 +238,8 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
     server_failures = sum(e.startswith(SERVER_FAILURE) for e in errors.column("error").to_pylist())
     summary = {"backend": cfg.retriever.backend, "rows_in": loaded.rows_in, "records": len(loaded.records),
                "skipped": table.num_rows - todo.num_rows, "searched": todo.num_rows, "retried": retried,
-               "with_passages": len(ids) - errors.num_rows, "error_rows": errors.num_rows,
+               "rows_out": len(ids), "with_passages": with_passages,
+               "without_passages": len(ids) - errors.num_rows - with_passages, "error_rows": errors.num_rows,
                "server_failures": server_failures, "dropped_rows": len(loaded.dropped)}
     write_run_info(out, "retrieve", cfg, summary=summary)
     logger.info("retrieve: %s", summary)

@@ -26,8 +26,14 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
 
 
 def tiny_causal_lm(tokenizer: Any, arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 4,
-                   seed: int = 0) -> Any:
-    """A randomly initialised causal LM of ``layers`` layers for ``tokenizer``."""
+                   seed: int = 0, weight_std: float | None = None) -> Any:
+    """A randomly initialised causal LM of ``layers`` layers for ``tokenizer``.
+
+    ``weight_std`` redraws every weight matrix from N(0, weight_std^2). At the default
+    init (std 0.02) a tiny random LM is nearly uniform and its greedy output repeats one
+    token whatever the context; at 0.2 its next token depends on the context, so tests can
+    tell two models, positions and padding mistakes apart.
+    """
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
@@ -42,7 +48,14 @@ def tiny_causal_lm(tokenizer: Any, arch: str = "llama", layers: int = 2, hidden:
         config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=1024, **common)
     else:
         raise ValueError(f"arch must be 'llama' or 'gpt2', got {arch!r}")
-    return AutoModelForCausalLM.from_config(config).eval()
+    model = AutoModelForCausalLM.from_config(config)
+    if weight_std is not None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.dim() == 2:
+                    param.copy_(torch.randn(param.shape, generator=gen) * weight_std)
+    return model.eval()
 
 
 def demo_texts() -> list[str]:

@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from rac.data import load_data
 from rac.models import build_prompt
 from rac.testing.tiny import demo_texts, tiny_causal_lm, train_tiny_tokenizer
 
-#: Weight scale of the test models. At the default init (std 0.02) a tiny random LM is
-#: nearly uniform and its greedy output repeats one token; at 0.2 its next token depends
-#: on the context, so the tests can tell the two models and the positions apart.
+#: Weight scale of the test models (see rac.testing.tiny.tiny_causal_lm).
 WEIGHT_STD = 0.2
 
 
 def sharpened_lm(tokenizer, seed: int):
-    model = tiny_causal_lm(tokenizer, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * WEIGHT_STD)
-    return model.eval()
+    return tiny_causal_lm(tokenizer, seed=seed, weight_std=WEIGHT_STD)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """The test models are too small to gain from threads, and on a busy 2-core machine
-    spinning OpenMP threads slow them down tenfold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_models_use_one_thread(one_torch_thread):
+    """Every test of this folder runs tiny models in-process (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

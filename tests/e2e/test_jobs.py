@@ -74,7 +74,7 @@ def test_index_and_retrieve_jobs_on_elasticsearch(tmp_path, es_config):
     assert "indexed 138 of 138 passages (elasticsearch)" in index.stdout
     retrieve = run_job("jobs.retrieve", "--config", "configs/retrieve.yaml", "--output_dir", str(tmp_path / "r"), *es)
     assert retrieve.returncode == 0, retrieve.stderr[-3000:]
-    assert "102 of 102 queries retrieved, 0 error rows" in retrieve.stdout
+    assert "102 of 102 queries retrieved, 0 matched no passage, 0 error rows" in retrieve.stdout
 
 
 def test_bad_config_exits_2_with_the_key_named():

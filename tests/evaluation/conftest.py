@@ -11,8 +11,7 @@ from rac.data.schema import records_to_table
 from rac.evaluation.grounding import tokenize
 from rac.testing.tiny import demo_texts, tiny_causal_lm, train_tiny_tokenizer
 
-#: Weight scale of the tiny LMs: at the default init (std 0.02) a random LM is nearly
-#: uniform and its greedy output ignores the context, so padding mistakes would not show.
+#: Weight scale of the tiny LMs (see rac.testing.tiny.tiny_causal_lm).
 WEIGHT_STD = 0.2
 
 #: Labels of the tiny NLI model; "entailment" is neither first nor lower-case, so the
@@ -21,12 +20,8 @@ NLI_LABELS = {"contradiction": 0, "neutral": 1, "ENTAILMENT": 2}
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine threads slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_models_use_one_thread(one_torch_thread):
+    """Every test of this folder runs tiny models in-process (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
@@ -35,13 +30,7 @@ def lm_tokenizer():
 
 
 def _save_lm(path, tokenizer, seed: int):
-    model = tiny_causal_lm(tokenizer, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * WEIGHT_STD)
-    model.save_pretrained(str(path))
+    tiny_causal_lm(tokenizer, seed=seed, weight_std=WEIGHT_STD).save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
 

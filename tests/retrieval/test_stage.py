@@ -41,6 +41,7 @@ def queries_file(tmp_path):
     records = load_data("demo").records[:30]
     rows = [{k: r[k] for k in ("id", "query", "question", "topic_id")} for r in records]
     rows += [{"id": f"bad-{name}", "query": q, "topic_id": "bad"} for name, q in BAD_QUERIES.items()]
+    rows.append({"id": "no-match", "query": "xylophonist quokka", "topic_id": "none"})  # no word in the corpus
     path = tmp_path / "queries.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, rows
@@ -65,10 +66,13 @@ def _check_conservation(summary, out, rows, tmp_path):
         assert by_id[f"bad-{name}"]["error"] and by_id[f"bad-{name}"]["passages"] is None
     assert "more than retriever.max_query_chars=1000" in by_id["bad-long"]["error"]
     assert by_id["bad-empty"]["error"] == "empty query"
-    good = [r for r in out if not r["id"].startswith("bad-")]
+    assert by_id["no-match"]["passages"] == [] and by_id["no-match"]["error"] is None  # nothing found is no error
+    good = [r for r in out if not r["id"].startswith("bad-") and r["id"] != "no-match"]
     assert all(r["error"] is None and 1 <= len(r["passages"]) <= 5 for r in good)  # only passages sharing a word
     assert any(len(r["passages"]) == 5 for r in good)
-    assert summary["with_passages"] + summary["error_rows"] == summary["records"]
+    assert summary["without_passages"] == 1
+    assert summary["with_passages"] + summary["without_passages"] + summary["error_rows"] == summary["records"] \
+        == summary["rows_out"]
     errors = (tmp_path / "retrieve" / "errors.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in errors) == sorted(f"bad-{n}" for n in BAD_QUERIES)
     return by_id
