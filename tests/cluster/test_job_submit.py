@@ -45,8 +45,8 @@ def ray_head():
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # `ray start --block` often outwaits SIGTERM; the group is all ours
             os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
