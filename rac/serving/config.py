@@ -178,6 +178,15 @@ class AuthConfig:
         None, help="File holding the API key, e.g. a mounted Kubernetes secret; read at replica start.")
     required: bool = field_help(
         False, help="Refuse to start without a key (set true in production so a missing secret is loud).")
+    open_paths: list[str] = field_help(
+        ["/healthz", "/readyz"], help="Paths answered without the key: liveness and readiness probes (a "
+                                      "Kubernetes httpGet probe cannot take a header from a Secret). [] "
+                                      "puts every path behind the key.")
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.open_paths if not p.startswith("/")]
+        if bad:
+            raise ConfigError(f"auth.open_paths must be paths starting with '/', got {bad}")
 
 
 @dataclass

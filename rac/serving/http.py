@@ -55,14 +55,24 @@ async def _send_json(send: Callable[..., Awaitable[None]], status: int, body: di
 
 
 class APIKeyMiddleware:
-    """401 for every HTTP request without the configured key (no-op when none is configured)."""
+    """401 for every HTTP request without the configured key (no-op when none is configured),
+    except GET/HEAD of ``open_paths`` (relative to the app's route prefix)."""
 
-    def __init__(self, app: ASGIApp, checker: APIKeyChecker):
+    def __init__(self, app: ASGIApp, checker: APIKeyChecker, open_paths: tuple[str, ...] = ()):
         self.app = app
         self.checker = checker
+        self.open_paths = frozenset(open_paths)
+
+    def _is_open(self, scope: dict[str, Any]) -> bool:
+        if scope.get("method") not in ("GET", "HEAD"):
+            return False
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        return path in self.open_paths
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self.checker.enabled:
+        if scope["type"] != "http" or not self.checker.enabled or self._is_open(scope):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if not self.checker.check(presented_key(headers)):
@@ -246,6 +256,9 @@ def create_app(
                     "bearer": {"type": "http", "scheme": "bearer"},
                     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
                 schema["security"] = [{"bearer": []}, {"apiKey": []}]
+                for path in cfg.auth.open_paths:  # the probes: no key
+                    for operation in schema["paths"].get(path, {}).values():
+                        operation["security"] = []
                 app.openapi_schema = schema
             return app.openapi_schema
 
@@ -253,5 +266,5 @@ def create_app(
 
     # The last middleware added runs first: the key is checked before any byte of the body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.limits.max_body_bytes)
-    app.add_middleware(APIKeyMiddleware, checker=checker)
+    app.add_middleware(APIKeyMiddleware, checker=checker, open_paths=tuple(cfg.auth.open_paths))
     return app

@@ -115,18 +115,23 @@ def test_clarify_answers_with_passages_question_and_grounding(base_url, tiny_mod
     assert status == 200 and len(body["passages"]) == 3
 
 
-def test_api_key_is_required_on_every_route(base_url):
-    for path, body in [("/v1/clarify", {"query": "jaguar"}), ("/healthz", None), ("/openapi.json", None),
-                       ("/no-such-route", None)]:
+def test_api_key_is_required_on_every_route_but_the_probes(base_url):
+    for path, body in [("/v1/clarify", {"query": "jaguar"}), ("/v1/stats", None), ("/openapi.json", None),
+                       ("/no-such-route", None), ("/healthz/x", None), ("/readyzz", None)]:
         status, err, headers = call(base_url, path, body, key=None)
         assert status == 401 and err["error"] == "unauthorized", (path, err)
         assert headers.get("www-authenticate", headers.get("WWW-Authenticate", "")).startswith("Bearer")
         assert call(base_url, path, body, key="wrong-" + KEY)[0] == 401
-    assert call(base_url, "/healthz", key=None, headers={"X-API-Key": KEY})[0] == 200
+    assert call(base_url, "/v1/stats", key=None, headers={"X-API-Key": KEY})[0] == 200
+    # Kubernetes probes cannot send a key from a Secret: the probe paths answer without one.
+    assert call(base_url, "/healthz", key=None)[:2] == (200, {"status": "ok"})
+    assert call(base_url, "/readyz", key=None)[0] == 200
     status, schema, _ = call(base_url, "/openapi.json")
     assert status == 200
     assert {"/v1/clarify", "/healthz", "/readyz", "/v1/stats"} <= set(schema["paths"])
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/healthz"]["get"]["security"] == []  # the probes are open ...
+    assert "security" not in schema["paths"]["/v1/clarify"]["post"]  # ... the rest takes the global scheme
     request_schema = schema["components"]["schemas"]["ClarifyRequest"]["properties"]
     assert request_schema["query"]["maxLength"] == 300  # the served limits are the documented ones
 
