@@ -4,8 +4,8 @@ Each actor of the pool loads the grounded and the ungrounded model once and deco
 ``pool.batch_size`` rows at a time with :class:`~rac.decoding.mixture.MixtureDecoder`.
 The driver writes every output block as its own Parquet part (:mod:`rac.parts`: atomic
 parts, so a run that is killed and started again decodes only the ids not yet written:
-nothing is lost, nothing is written twice). Every input row of the selected splits comes out exactly once, with its
-negative or with an ``error``.
+nothing is lost, nothing is written twice). Every input row of the selected splits comes
+out exactly once, with its negative or with an ``error``.
 """
 
 from __future__ import annotations
