@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError
+from rac.models.factory import load_causal_lm  # noqa: F401 - the loader of both models, re-exported here
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +115,3 @@ def resolve_device(device: str, num_gpus: float) -> str:
         return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
     return device
 
-
-def load_causal_lm(path: str | Path, dtype: str, device: str) -> Any:
-    """A causal LM from a local directory, in eval mode on ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
-    return model.to(device).eval()

@@ -269,11 +269,11 @@ class FluencyScorer:
     """Mean token log-probability of a question under a causal LM (higher reads more fluently)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32"):
-        from rac.models import ModelConfig, load_model, load_tokenizer
+        from rac.models.factory import load_causal_lm, load_tokenizer
 
         # Right padding: the scored tokens then sit at the same positions as unpadded.
         self.tokenizer = load_tokenizer(path, padding_side="right")
-        self.model = load_model(ModelConfig(path=str(path), dtype=dtype)).to(device).eval()
+        self.model = load_causal_lm(path, dtype, device)
         self.device = device
 
     def score(self, questions: Sequence[str]) -> list[float | None]:

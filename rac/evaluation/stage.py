@@ -41,6 +41,7 @@ from rac.evaluation.scorers import (
     resolve_device,
     resolve_embedding_model,
 )
+from rac.models.prompts import prompt_token_ids, question_from_text
 from rac.parts import read_stage_output
 from rac.retrieval.stage import read_retrieved
 
@@ -89,13 +90,10 @@ def input_error(row: dict[str, Any]) -> str | None:
 
 
 def clean_question(text: str, stop_at_question: bool) -> str:
-    """The clarifying question in a generated continuation: its first line, up to its first '?'."""
-    text = text.strip()
-    if stop_at_question:
-        text = text.split("\n", 1)[0]
-        if "?" in text:
-            text = text[: text.index("?") + 1]
-    return text.strip()
+    """The clarifying question in a generated continuation: its first line, up to its first
+    '?' (:func:`rac.models.question_from_text`); the whole continuation, stripped, without
+    ``stop_at_question``."""
+    return question_from_text(text) if stop_at_question else text.strip()
 
 
 # ----------------------------------------------------------------------------- generation
@@ -113,12 +111,12 @@ class GenerateBatch:
     """
 
     def __init__(self, cfg: EvaluateConfig, system: SystemConfig):
-        from rac.models import ModelConfig, load_model, load_tokenizer
+        from rac.models.factory import load_causal_lm, load_tokenizer
 
         self.cfg, self.system = cfg, system
         self.device = resolve_device(cfg.device, cfg.pool.num_gpus)
         self.tokenizer = load_tokenizer(system.path, padding_side="left")
-        self.model = load_model(ModelConfig(path=system.path, dtype=cfg.dtype)).to(self.device).eval()
+        self.model = load_causal_lm(system.path, cfg.dtype, self.device)
         logger.info("generator %s ready on %s", system.name, self.device)
 
     def _prompt_ids(self, row: dict[str, Any]) -> tuple[list[int], int] | str:
@@ -133,10 +131,7 @@ class GenerateBatch:
             return f"prompt too long: {e}"
         if grounded and prompt.passages_used == 0:
             return f"no passage fits the prompt budget of max_prompt_tokens={self.cfg.max_prompt_tokens}"
-        ids = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
-        if self.tokenizer.bos_token_id is not None and getattr(self.tokenizer, "add_bos_token", False):
-            ids = [self.tokenizer.bos_token_id, *ids]
-        return ids, prompt.passages_used
+        return prompt_token_ids(self.tokenizer, prompt.text), prompt.passages_used
 
     def generate(self, prompts: list[list[int]]) -> list[str]:
         """Greedy continuations of left-padded prompt ids (so every row's last token is at the edge)."""

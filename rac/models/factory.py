@@ -73,3 +73,8 @@ def load_model(cfg: ModelConfig, path: str | Path | None = None) -> Any:
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
     return model
+
+
+def load_causal_lm(path: str | Path, dtype: str, device: str = "cpu") -> Any:
+    """A causal LM from a local directory for inference: eval mode, on ``device``."""
+    return load_model(ModelConfig(path=str(path), dtype=dtype)).to(device).eval()

@@ -108,6 +108,26 @@ def build_prompt(
     return Prompt(text, _count(tokenizer, text), len(kept), len(texts), True)
 
 
+def prompt_token_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt as training, evaluation and serving feed it: BOS first when the
+    tokenizer adds one, no other special token."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        ids = [tokenizer.bos_token_id, *ids]
+    return ids
+
+
+def question_from_text(text: str) -> str:
+    """The clarifying question in generated ``text``: its first line, up to the first '?'.
+
+    A trained model ends the question with EOS; cutting at the first line and question mark
+    keeps an untrained or rambling model to one question.
+    """
+    line = text.strip().split("\n", 1)[0].strip()
+    mark = line.find("?")
+    return line[: mark + 1] if mark >= 0 else line
+
+
 def completion_text(question: str, eos_token: str | None) -> str:
     """The training target after the prompt: the question, then end of sequence."""
     return " " + question.strip() + (eos_token or "")

@@ -27,18 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rac.models.prompts import prompt_token_ids, question_from_text
+
 logger = logging.getLogger(__name__)
-
-
-def question_from_text(text: str) -> str:
-    """The clarifying question in generated ``text``: its first line, up to the first '?'.
-
-    A trained model ends the question with EOS; cutting at the first line and question mark
-    keeps an untrained or rambling model to one question.
-    """
-    line = text.strip().split("\n", 1)[0].strip()
-    mark = line.find("?")
-    return line[: mark + 1] if mark >= 0 else line
 
 
 class QuestionGenerator:
@@ -56,9 +47,8 @@ class QuestionGenerator:
 
     def __init__(self, model_path: str | Path, dtype: str = "float32", torch_threads: int | None = None):
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from rac.models.factory import load_tokenizer
+        from rac.models.factory import load_causal_lm, load_tokenizer
 
         path = Path(model_path)
         if not (path / "config.json").is_file():
@@ -68,17 +58,14 @@ class QuestionGenerator:
             torch.set_num_threads(torch_threads)
         self.torch = torch
         self.tokenizer = load_tokenizer(path, padding_side="left")
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
+        self.model = load_causal_lm(path, dtype)
         self.device = next(self.model.parameters()).device
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         logger.info("generator model %s loaded (%s, %d threads)", path, dtype, torch.get_num_threads())
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of ``prompt`` as training built them."""
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if self.tokenizer.bos_token_id is not None and getattr(self.tokenizer, "add_bos_token", False):
-            ids = [self.tokenizer.bos_token_id, *ids]
-        return ids
+        return prompt_token_ids(self.tokenizer, prompt)
 
     def generate(self, prompts: list[str], max_new_tokens: list[int] | int) -> list[str]:
         """One question per prompt, from one batched greedy ``generate``.

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rac.config import ConfigError
-from rac.models.prompts import build_prompt, completion_text
+from rac.models.prompts import build_prompt, completion_text, prompt_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,7 @@ def _answer_ids(tokenizer: Any, question: str, max_answer_tokens: int) -> list[i
 
 def _prompt_ids(tokenizer: Any, row: dict[str, Any], grounded: bool, budget: int) -> tuple[list[int], bool]:
     prompt = build_prompt(tokenizer, row["query"], row.get("passages") or [], grounded=grounded, max_tokens=budget)
-    ids = tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids, prompt.trimmed
+    return prompt_token_ids(tokenizer, prompt.text), prompt.trimmed
 
 
 def sft_examples(rows: list[dict[str, Any]], tokenizer: Any, grounded: bool, max_length: int,
