@@ -48,7 +48,8 @@ class SamplingParams:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"temperature must be > 0, got {self.temperature}; for argmax decoding set "
+                             f"do_sample: false")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -101,17 +102,10 @@ class NegativesConfig:
                           "holds both models."})
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}; for argmax decoding set "
-                              f"do_sample: false")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        try:
+            self.sampling_params()  # the sampling settings are checked where they are defined
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.max_prompt_tokens < 16:
             raise ConfigError(f"max_prompt_tokens must be at least 16, got {self.max_prompt_tokens}")
         if not self.splits:

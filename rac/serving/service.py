@@ -158,28 +158,23 @@ class ClarifyService:
 
     async def ready(self, check_generator: Callable[[], Awaitable[Any]] | None = None) -> dict[str, str]:
         """Per component, "ok" or what is wrong; the caller answers 503 unless all are ok."""
-        timeout = self.cfg.ingress.readiness_timeout_s
-        status: dict[str, str] = {}
         check = getattr(self.retriever, "check_ready", None)
-        try:
-            if check is not None:
-                await asyncio.wait_for(self._in_pool(check), timeout)
-            status["retriever"] = "ok"
-        except TimeoutError:
-            status["retriever"] = f"no answer within {timeout:g}s"
-        except Exception as e:
-            logger.warning("readiness: retriever not ready: %s", e)
-            status["retriever"] = "unavailable"
+        status = {"retriever": await self._probe("retriever", lambda: self._in_pool(check)) if check else "ok"}
         if check_generator is not None:
-            try:
-                await asyncio.wait_for(check_generator(), timeout)
-                status["generator"] = "ok"
-            except TimeoutError:
-                status["generator"] = f"no answer within {timeout:g}s"
-            except Exception as e:
-                logger.warning("readiness: generator not ready: %s", e)
-                status["generator"] = "unavailable"
+            status["generator"] = await self._probe("generator", check_generator)
         return status
+
+    async def _probe(self, name: str, check: Callable[[], Awaitable[Any]]) -> str:
+        """"ok", or what is wrong with one component, within the readiness timeout."""
+        timeout = self.cfg.ingress.readiness_timeout_s
+        try:
+            await asyncio.wait_for(check(), timeout)
+            return "ok"
+        except TimeoutError:
+            return f"no answer within {timeout:g}s"
+        except Exception as e:
+            logger.warning("readiness: %s not ready: %s", name, e)
+            return "unavailable"
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
