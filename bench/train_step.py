@@ -1,18 +1,18 @@
-"""Training step cost, measured side by side in one run on the same model and batch.
+"""Training throughput, side by side in one run: the hand-written loop of an earlier commit
+against the TRL engine at fp32, at bf16 and with LoRA.
 
-    python bench/train_step.py [--model DIR] [--batch 4] [--repeats 5] [--skip-workers]
+    python bench/train_step.py [--model DIR] [--steps 6] [--baseline-rev dc669fe] [--variants ...]
 
-Prints one JSON object:
-- ``step_s``: seconds per optimizer step (forward, backward, AdamW step; median of
-  ``--repeats``) for SFT alone, DPO alone and the joint objective, each with precomputed
-  reference log-probs and with a reference forward every step;
-- ``joint_over_dpo``: joint / DPO step time (target <= 1.10: the SFT term reuses the
-  chosen half of the DPO forward, so it adds no forward);
-- ``workers``: median step time of the real Ray Train + DeepSpeed loop with 1 and 2 workers
-  (same per-worker batch), and throughput in rows/s.
+Every variant trains the same rows (the demo set, 3 retrieved passages each, max_length
+256) through ``run_training`` on real local Ray Train with 2 CPU workers, for ``--steps``
+optimizer steps of grounded SFT (4 rows per worker) and of the joint objective (2 pairs per
+worker, gamma 0.5, beta 0.1, precomputed reference log-probs). The earlier commit's loop runs
+from a ``git worktree`` of ``--baseline-rev`` (the last commit before the TRL engine) in a
+subprocess. Prints one JSON object: per variant and objective, the median step time
+(the first step excluded), rows/s, and the training and held-out losses after the last step;
+``speedup_vs_baseline`` divides each variant's rows/s by the baseline's.
 
-Default model: the packaged SmolLM2-135M if prepared (``python -m jobs.prepare_model``),
-else a 4-layer, 256-wide Llama built from config.
+Default model: the packaged SmolLM2-135M (``python -m jobs.prepare_model`` writes it).
 """
 
 from __future__ import annotations
@@ -21,133 +21,148 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import torch  # noqa: E402
-
-from rac.models import ModelConfig, load_model, load_tokenizer  # noqa: E402
-from rac.testing.tiny import save_tiny_model  # noqa: E402
-from rac.training.data import pad_batch, preference_examples  # noqa: E402
-from rac.training.losses import completion_logps, rac_loss, sft_loss  # noqa: E402
-
-SMOLLM = Path("outputs/models/smollm2-135m-instruct")
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM = REPO / "outputs" / "models" / "smollm2-135m-instruct"
+VARIANTS = {
+    "trl_fp32": {"model": {"dtype": "float32"}},
+    "trl_bf16": {"model": {"dtype": "bfloat16"}},
+    "trl_bf16_lora": {"model": {"dtype": "bfloat16", "lora": {"enabled": True, "r": 16, "alpha": 32}},
+                      "learning_rate_scale": 10.0},
+    "trl_bf16_zero2": {"model": {"dtype": "bfloat16"}, "deepspeed": {"zero_stage": 2}},
+}
 
 
-def demo_pairs(n: int) -> list[dict]:
-    from rac.data import load_data
-
-    recs = load_data("demo").records
-    return [{"id": r["id"], "query": r["query"], "passages": [{"text": "Passage about " + r["question"]}] * 3,
-             "chosen": r["question"], "rejected": recs[(i + 7) % len(recs)]["question"]}
-            for i, r in enumerate(recs[:n])]
-
-
-def time_steps(model, fn, repeats: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        opt.zero_grad()
-        fn().backward()
-        opt.step()
-        if i:  # the first step allocates optimizer state
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def loss_variants(model_dir: Path, batch: int, repeats: int) -> dict:
-    tok = load_tokenizer(model_dir, padding_side="right")
-    model = load_model(ModelConfig(path=str(model_dir))).train()
-    ref = load_model(ModelConfig(path=str(model_dir))).eval().requires_grad_(False)
-    pairs = preference_examples(demo_pairs(batch), tok, max_length=256, max_answer_tokens=48)
-    both = pad_batch([p["chosen_input_ids"] for p in pairs] + [p["rejected_input_ids"] for p in pairs],
-                     [p["chosen_labels"] for p in pairs] + [p["rejected_labels"] for p in pairs], tok.pad_token_id)
-    chosen = pad_batch([p["chosen_input_ids"] for p in pairs], [p["chosen_labels"] for p in pairs], tok.pad_token_id)
-    inputs = {"input_ids": both["input_ids"], "attention_mask": both["attention_mask"]}
-    with torch.no_grad():
-        pre, _ = completion_logps(ref(**inputs).logits, both["labels"])
-
-    def ref_logps(precomputed: bool):
-        if precomputed:
-            return pre
-        with torch.no_grad():
-            return completion_logps(ref(**inputs).logits, both["labels"])[0]
-
-    def pair_loss(gamma: float, precomputed: bool):
-        logps, counts = completion_logps(model(**inputs).logits, both["labels"])
-        r = ref_logps(precomputed)
-        return rac_loss(logps[:batch], logps[batch:], r[:batch], r[batch:], counts[:batch], gamma, 0.1)["loss"]
-
-    def sft():
-        return sft_loss(model(input_ids=chosen["input_ids"], attention_mask=chosen["attention_mask"]).logits,
-                        chosen["labels"])
-
-    out = {"sft": time_steps(model, sft, repeats)}
-    for precomputed in (True, False):
-        suffix = "precomputed_ref" if precomputed else "ref_forward"
-        out[f"dpo_{suffix}"] = time_steps(model, lambda p=precomputed: pair_loss(1.0, p), repeats)
-        out[f"joint_{suffix}"] = time_steps(model, lambda p=precomputed: pair_loss(0.5, p), repeats)
-    return {"step_s": {k: round(v, 4) for k, v in out.items()},
-            "joint_over_dpo": {s: round(out[f"joint_{s}"] / out[f"dpo_{s}"], 3)
-                               for s in ("precomputed_ref", "ref_forward")},
-            "seq_len": int(both["input_ids"].shape[1]), "pairs_per_step": batch}
-
-
-def worker_scaling(model_dir: Path, batch: int) -> dict:
+def write_rows(root: Path) -> tuple[Path, Path]:
+    """Retrieved demo rows (record schema) and T2 stand-in pairs (gold question against the
+    question of another facet of the same topic)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    import ray
 
     from rac.data.config import DataConfig
     from rac.data.prepare import prepare_data
     from rac.data.schema import records_to_table
     from rac.retrieval import EmbeddedBM25Retriever
-    from rac.training import SFTConfig, read_metrics, run_training
-    from rac.training.config import ScalingSection
 
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        loaded, corpus = prepare_data(DataConfig(split_fractions=[0.9, 0.05, 0.05]))
-        EmbeddedBM25Retriever.build(corpus, Path(tmp) / "bm25")
-        hits = EmbeddedBM25Retriever(Path(tmp) / "bm25").search([r["query"] for r in loaded.records], 3)
-        (Path(tmp) / "rows").mkdir()
-        pq.write_table(records_to_table([{**r, "passages": h} for r, h in zip(loaded.records, hits, strict=True)]),
-                       Path(tmp) / "rows" / "part-0.parquet")
-        for workers in (1, 2):
-            cfg = SFTConfig(input_dir=str(Path(tmp) / "rows"), output_dir=str(Path(tmp) / f"w{workers}"),
-                            model=ModelConfig(path=str(model_dir)), max_steps=6, per_worker_batch_size=batch,
-                            save_steps=100, eval_steps=100, eval_fraction=0.0, max_length=256,
-                            scaling=ScalingSection(num_workers=workers, cpus_per_worker=1))
-            run_training(cfg)
-            times = [m["step_time_s"] for m in read_metrics(cfg.output_dir)][1:]
-            step = statistics.median(times)
-            out[f"{workers}_workers"] = {"step_s": round(step, 4), "rows_per_s": round(workers * batch / step, 2)}
-    ray.shutdown()
+    loaded, corpus = prepare_data(DataConfig(split_fractions=[0.9, 0.05, 0.05]))
+    EmbeddedBM25Retriever.build(corpus, root / "bm25")
+    hits = EmbeddedBM25Retriever(root / "bm25").search([r["query"] for r in loaded.records], 3)
+    records = [{**r, "passages": h} for r, h in zip(loaded.records, hits, strict=True)]
+    (root / "retrieved").mkdir()
+    pq.write_table(records_to_table(records), root / "retrieved" / "part-0.parquet")
+    by_topic: dict[str, list] = {}
+    for r in records:
+        by_topic.setdefault(r["topic_id"], []).append(r)
+    pairs = [{"id": r["id"], "query": r["query"], "passages": r["passages"], "topic_id": r["topic_id"],
+              "chosen": r["question"], "rejected": group[(i + 1) % len(group)]["question"], "error": None}
+             for group in by_topic.values() for i, r in enumerate(group) if len(group) > 1]
+    (root / "pairs").mkdir()
+    pq.write_table(pa.Table.from_pylist(pairs), root / "pairs" / "part-0.parquet")
+    return root / "retrieved", root / "pairs"
+
+
+def common(model: Path, steps: int) -> dict:
+    return {"model": {"path": str(model)}, "max_length": 256, "max_answer_tokens": 40, "max_steps": steps,
+            "save_steps": steps, "eval_steps": steps, "eval_fraction": 0.1, "logging_steps": 1, "max_failures": 0,
+            "scaling": {"num_workers": 2, "cpus_per_worker": 1}}
+
+
+#: Runs in a subprocess against either tree: the config keys used here exist in both.
+RUNNER = r"""
+import json, sys
+import ray
+from rac.config import from_dict
+from rac.training import RACConfig, SFTConfig, read_metrics, run_training
+spec = json.loads(sys.argv[1])
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+cls = RACConfig if spec["kind"] == "rac" else SFTConfig
+run_training(from_dict(cls, spec["config"]))
+print("METRICS " + json.dumps(read_metrics(spec["config"]["output_dir"])))
+"""
+
+
+def run_variant(tree: Path, kind: str, config: dict) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", RUNNER, json.dumps({"kind": kind, "config": config})], cwd=tree,
+                          env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("METRICS ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{kind} run in {tree} failed:\n{proc.stderr[-3000:]}")
+    metrics = json.loads(lines[-1][len("METRICS "):])
+    # The earlier loop wrote one line per step with eval merged; the TRL engine's reader merges too.
+    by_step: dict[int, dict] = {}
+    for m in metrics:
+        by_step.setdefault(int(m["step"]), {}).update(m)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def summarise(metrics: list[dict], rows_per_step: int) -> dict:
+    times = [m["step_time_s"] for m in metrics if "step_time_s" in m][1:]
+    step = statistics.median(times)
+    last = metrics[-1]
+    out = {"steps": len(metrics), "step_s": round(step, 3), "rows_per_s": round(rows_per_step / step, 3),
+           "final_loss": round(last["loss"], 4), "final_eval_loss": round(last.get("eval_loss", float("nan")), 4)}
+    for key in ("sft_loss", "eval_sft_loss"):
+        if key in last:
+            out[key] = round(last[key], 4)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip-workers", action="store_true")
+    parser.add_argument("--model", type=Path, default=SMOLLM)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--baseline-rev", default="dc669fe", help="Commit of the hand-written loop ('' skips it).")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--kinds", nargs="*", default=["sft", "rac"], choices=["sft", "rac"])
     args = parser.parse_args()
-    torch.manual_seed(0)
+    sys.path.insert(0, str(REPO))
+    if not (args.model / "config.json").is_file():
+        sys.exit(f"no model in {args.model}: run `python -m jobs.prepare_model` first")
+    import torch
+
+    result: dict = {"model": str(args.model), "steps": args.steps, "cpu_cores": os.cpu_count(),
+                    "bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "runs": {}}
+    batch = {"sft": 4, "rac": 2}
+    lr = {"sft": 1e-4, "rac": 2e-5}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or (SMOLLM if (SMOLLM / "config.json").is_file() else
-                                   save_tiny_model(Path(tmp) / "m", hidden=256, layers=4, heads=8))
-        result = {"model": str(model_dir), "threads": torch.get_num_threads(), **loss_variants(model_dir, args.batch,
-                                                                                             args.repeats)}
-        result["target_joint_over_dpo_le_1.10_met"] = all(v <= 1.10 for v in result["joint_over_dpo"].values())
-        if not args.skip_workers:
-            result["workers"] = worker_scaling(model_dir, args.batch)
+        tmp = Path(tmp)
+        retrieved, pairs = write_rows(tmp)
+        trees = {name: REPO for name in args.variants}
+        if args.baseline_rev:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "baseline"),
+                            args.baseline_rev], check=True, capture_output=True)
+            trees = {"baseline_loop_fp32": tmp / "baseline", **trees}
+        try:
+            for name, tree in trees.items():
+                for kind in args.kinds:
+                    variant = VARIANTS.get(name, {"model": {"dtype": "float32"}, "deepspeed": {"zero_stage": 2}})
+                    config = common(args.model, args.steps)
+                    config.update(input_dir=str(retrieved if kind == "sft" else pairs),
+                                  output_dir=str(tmp / f"{name}-{kind}"), run_name=f"{name}-{kind}",
+                                  per_worker_batch_size=batch[kind],
+                                  learning_rate=lr[kind] * variant.get("learning_rate_scale", 1.0))
+                    config["model"].update(variant["model"])
+                    if "deepspeed" in variant:
+                        config["deepspeed"] = variant["deepspeed"]
+                    if kind == "rac":
+                        config.update(gamma=0.5, beta=0.1, precompute_ref_logps=True)
+                    metrics = run_variant(tree, kind, config)
+                    result["runs"].setdefault(name, {})[kind] = summarise(metrics, 2 * batch[kind])
+                    print(name, kind, json.dumps(result["runs"][name][kind]), file=sys.stderr, flush=True)
+        finally:
+            if args.baseline_rev:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "baseline")],
+                               capture_output=True)
+    base = result["runs"].get("baseline_loop_fp32")
+    if base:
+        result["speedup_vs_baseline"] = {
+            name: {kind: round(r[kind]["rows_per_s"] / base[kind]["rows_per_s"], 2) for kind in r if kind in base}
+            for name, r in result["runs"].items() if name != "baseline_loop_fp32"}
     print(json.dumps(result, indent=2))
 
 

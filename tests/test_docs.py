@@ -14,4 +14,5 @@ def test_reference_covers_every_job():
     for job in ("jobs.pipeline", "jobs.index", "jobs.retrieve", "jobs.train_sft", "jobs.train_rac",
                 "jobs.generate_negatives", "jobs.evaluate", "jobs.prepare_model"):
         assert f"`{job}`" in text
-    assert "gamma (float, default 0.5): Weight of the DPO term" in text
+    assert "gamma (float, default 0.5): Weight of the preference term" in text
+    assert "loss_type (str, default 'sigmoid'): Preference loss" in text

@@ -34,8 +34,10 @@ class ModelConfig:
 
     path: str = field_help("outputs/models/smollm2-135m-instruct",
                            help="Local Hugging Face model directory (python -m jobs.prepare_model writes one).")
-    dtype: Literal["float32", "bfloat16", "float16"] = field_help(
-        "float32", help="Weights dtype (float32 on CPU; bfloat16 on recent GPUs).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field_help(
+        "auto", help="Compute precision: auto picks bfloat16 where the device supports it (CPUs with AVX512-BF16 "
+                     "or AMX, recent GPUs), else float32. Training keeps float32 weights and runs bf16/fp16 as "
+                     "mixed precision.")
     lora: LoraConfig = nested(LoraConfig, "LoRA adapters.")
 
     def check_exists(self) -> None:
@@ -43,6 +45,25 @@ class ModelConfig:
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.path {self.path} is not a Hugging Face model directory (no config.json); "
                               f"run `python -m jobs.prepare_model` or point model.path at an exported model")
+
+
+def resolve_dtype(dtype: str, use_gpu: bool) -> str:
+    """``dtype`` with ``auto`` resolved for the device: bfloat16 where it is supported, else float32."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if use_gpu:
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+
+
+def peft_config(cfg: LoraConfig) -> Any:
+    """PEFT's LoraConfig for causal LMs from our section."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
 
 
 def load_tokenizer(path: str | Path, padding_side: str = "left") -> Any:
@@ -57,22 +78,16 @@ def load_tokenizer(path: str | Path, padding_side: str = "left") -> Any:
 
 
 def load_model(cfg: ModelConfig, path: str | Path | None = None) -> Any:
-    """A causal LM from ``path`` (default ``cfg.path``), with LoRA adapters if configured."""
+    """The causal LM at ``path`` (default ``cfg.path``) in ``cfg.dtype``; LoRA adapters are
+    added by the trainer (:func:`peft_config`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = Path(path or cfg.path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no Hugging Face model in {path} (config.json missing)")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, cfg.dtype))
-    if cfg.lora.enabled:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        model = get_peft_model(model, PeftLoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
-    return model
+    dtype = resolve_dtype(cfg.dtype, use_gpu=torch.cuda.is_available())
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
 
 
 def load_causal_lm(path: str | Path, dtype: str, device: str = "cpu") -> Any:

@@ -1,10 +1,13 @@
 """Configs of the training stages: grounded/ungrounded SFT (steps 1-2) and the joint RAC
-objective (step 4), run on Ray Train with DeepSpeed."""
+objective (step 4), run with TRL's trainers on Ray Train (DeepSpeed optional)."""
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from typing import Any, Literal
 
 from rac.config import ConfigError, field_help, nested
 from rac.models.factory import ModelConfig
@@ -32,8 +35,9 @@ class ScalingSection:
 class DeepSpeedSection:
     """DeepSpeed ZeRO settings."""
 
-    zero_stage: Literal[0, 1, 2, 3] = field_help(2, help="ZeRO stage (2: shard optimizer state and gradients; "
-                                                         "3: also parameters).")
+    zero_stage: Literal[0, 1, 2, 3] = field_help(
+        0, help="ZeRO stage: 0 trains without DeepSpeed (plain data parallel, fastest on CPU); 2 shards optimizer "
+                "state and gradients; 3 also parameters (models that do not fit one device).")
     gradient_clipping: float = field_help(1.0, help="Clip the global gradient norm to this value (0: off).")
 
 
@@ -62,7 +66,13 @@ class TrainConfig:
     keep_checkpoints: int = field_help(2, help="Checkpoints kept on storage.")
     max_failures: int = field_help(1, help="Worker failures Ray Train recovers from (from the last checkpoint).")
     seed: int = field_help(0, help="Seed of initialisation order, data order and dropout.")
-    report_to: list[str] = field_help([], help="Extra metric sinks: tensorboard, mlflow (each needs its package).")
+    report_to: list[str] = field_help([], help="Extra metric sinks of transformers' Trainer: tensorboard, mlflow "
+                                              "(each needs its package).")
+    group_by_length: bool = field_help(True, help="Batches of rows of similar length (little compute spent on "
+                                                  "padding); the order stays a function of (seed, epoch).")
+    trainer_args: dict[str, Any] = field_help(
+        {}, help="Any other field of TRL's SFTConfig / DPOConfig (transformers' TrainingArguments), passed through "
+                 "as is: gradient_checkpointing, lr_scheduler_type, optim, max_grad_norm, ...")
     scaling: ScalingSection = nested(ScalingSection, "Workers and resources.")
     deepspeed: DeepSpeedSection = nested(DeepSpeedSection, "DeepSpeed ZeRO.")
 
@@ -81,6 +91,8 @@ class TrainConfig:
         unknown = set(self.report_to) - {"tensorboard", "mlflow"}
         if unknown:
             raise ConfigError(f"report_to accepts tensorboard and mlflow, got {sorted(unknown)}")
+        if self.trainer_args:
+            check_trainer_args(self.trainer_args, "DPOConfig" if isinstance(self, RACConfig) else "SFTConfig")
 
 
 @dataclass
@@ -96,8 +108,11 @@ class SFTConfig(TrainConfig):
 class RACConfig(TrainConfig):
     """``python -m jobs.train_rac``: L_RAC = gamma * L_DPO + (1 - gamma) * L_SFT on T2, from p_theta0."""
 
-    gamma: float = field_help(0.5, help="Weight of the DPO term; 1 - gamma weighs the SFT term.")
-    beta: float = field_help(0.1, help="DPO temperature beta.")
+    gamma: float = field_help(0.5, help="Weight of the preference term; 1 - gamma weighs the SFT term "
+                                        "(TRL: loss_type=[loss_type, 'sft'], loss_weights=[gamma, 1 - gamma]).")
+    beta: float = field_help(0.1, help="Temperature beta of the preference loss (tau for IPO).")
+    loss_type: str = field_help("sigmoid", help="Preference loss, any name TRL's DPOConfig accepts: sigmoid (DPO), "
+                                                "ipo, hinge, robust, ...")
     precompute_ref_logps: bool = field_help(
         True, help="Compute the reference model's log-probs once before training instead of a second forward "
                    "every step (no reference model kept in memory).")
@@ -108,3 +123,52 @@ class RACConfig(TrainConfig):
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0, got {self.beta}")
+        if self.loss_type != "sigmoid" and self.loss_type not in preference_losses():
+            raise ConfigError(f"loss_type {self.loss_type!r} is not a preference loss of TRL's DPOTrainer; "
+                              f"use one of {', '.join(preference_losses())}")
+
+
+#: Training-argument fields this project sets from its own keys (trainer_args may not set them).
+OWN_KEYS = {
+    "output_dir": "output_dir", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
+    "warmup_steps": "warmup_ratio", "num_train_epochs": "num_epochs", "max_steps": "max_steps",
+    "per_device_train_batch_size": "per_worker_batch_size", "per_device_eval_batch_size": "per_worker_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "eval_steps": "eval_steps",
+    "save_steps": "save_steps", "logging_steps": "logging_steps", "seed": "seed", "data_seed": "seed",
+    "report_to": "report_to", "bf16": "model.dtype", "fp16": "model.dtype", "use_cpu": "scaling.use_gpu",
+    "deepspeed": "deepspeed", "max_grad_norm": "deepspeed.gradient_clipping", "max_length": "max_length",
+    "train_sampling_strategy": "group_by_length", "loss_type": "loss_type", "loss_weights": "gamma",
+    "beta": "beta", "precompute_ref_log_probs": "precompute_ref_logps", "save_total_limit": "keep_checkpoints",
+}
+
+
+@cache
+def _trl_fields(config_class: str) -> frozenset[str]:
+    import dataclasses
+
+    import trl
+
+    return frozenset(f.name for f in dataclasses.fields(getattr(trl, config_class)))
+
+
+@cache
+def preference_losses() -> tuple[str, ...]:
+    """The preference losses the installed TRL's ``DPOConfig.loss_type`` documents (all but 'sft')."""
+    import dataclasses
+
+    from trl import DPOConfig
+
+    help_text = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type").metadata["help"]
+    return tuple(n for n in dict.fromkeys(re.findall(r"`'(\w+)'`", help_text)) if n != "sft")
+
+
+def check_trainer_args(args: dict[str, Any], config_class: str) -> None:
+    """Refuse a ``trainer_args`` key TRL's ``config_class`` lacks, or one this config owns."""
+    fields = _trl_fields(config_class)
+    for key in args:
+        if key in OWN_KEYS:
+            raise ConfigError(f"trainer_args.{key}: set it with this config's own key '{OWN_KEYS[key]}'")
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"trainer_args.{key} is not a field of TRL's {config_class}.{hint}")

@@ -1,8 +1,17 @@
-"""Training rows as token ids: SFT examples (prompt masked) and preference pairs.
+"""Training rows as the token ids TRL's trainers take, built once by the driver.
 
 Rows come from the stage outputs (record schema; T2 rows add ``chosen``/``rejected``).
-Prompts are built by :mod:`rac.models.prompts`, so training sees exactly what decoding
-and serving send.
+Prompts are built by :mod:`rac.models.prompts` (passages trimmed to fit ``max_length``),
+so training sees exactly the ids decoding, evaluation and serving send. The examples are
+written once as Hugging Face datasets on the run's storage (``<output_dir>/data``); every
+Ray Train worker memory-maps them and TRL's sampler gives each rank its share:
+
+- SFT: ``input_ids`` and ``completion_mask`` (prompt/completion rows; TRL's
+  ``completion_only_loss`` puts the loss on the question only);
+- preference pairs: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (the columns TRL's
+  ``DPOTrainer`` tokenizes text into).
+
+Each example also carries its ``id`` and its ``length`` in tokens (for length-grouped batches).
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ from rac.models.prompts import build_prompt, completion_text, prompt_token_ids
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
+#: Subfolder of a training run's output_dir holding the tokenized datasets.
+DATA_DIR = "data"
 
 
 def read_rows(path: str | Path, columns: list[str], split: str | None = None) -> list[dict[str, Any]]:
@@ -75,14 +85,14 @@ def _prompt_ids(tokenizer: Any, row: dict[str, Any], grounded: bool, budget: int
 
 def sft_examples(rows: list[dict[str, Any]], tokenizer: Any, grounded: bool, max_length: int,
                  max_answer_tokens: int) -> list[dict[str, Any]]:
-    """``{id, input_ids, labels}`` per row: the loss falls on the question tokens only."""
+    """``{id, input_ids, completion_mask, length}`` per row: the loss falls on the question only."""
     out, trimmed = [], 0
     for row in rows:
         answer = _answer_ids(tokenizer, row["question"], max_answer_tokens)
         prompt, was_trimmed = _prompt_ids(tokenizer, row, grounded, max_length - len(answer))
         trimmed += was_trimmed
         out.append({"id": row["id"], "input_ids": prompt + answer,
-                    "labels": [IGNORE_INDEX] * len(prompt) + answer})
+                    "completion_mask": [0] * len(prompt) + [1] * len(answer), "length": len(prompt) + len(answer)})
     if trimmed:
         logger.info("passages trimmed to fit max_length=%d in %d of %d rows", max_length, trimmed, len(rows))
     return out
@@ -90,7 +100,7 @@ def sft_examples(rows: list[dict[str, Any]], tokenizer: Any, grounded: bool, max
 
 def preference_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
                         max_answer_tokens: int) -> list[dict[str, Any]]:
-    """``{id, chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels}`` per T2 row.
+    """``{id, prompt_ids, chosen_ids, rejected_ids, length}`` per T2 row.
 
     Both answers follow the same grounded prompt (U_q, D).
     """
@@ -100,24 +110,30 @@ def preference_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: 
         rejected = _answer_ids(tokenizer, row["rejected"], max_answer_tokens)
         prompt, was_trimmed = _prompt_ids(tokenizer, row, True, max_length - max(len(chosen), len(rejected)))
         trimmed += was_trimmed
-        mask = [IGNORE_INDEX] * len(prompt)
-        out.append({"id": row["id"], "chosen_input_ids": prompt + chosen, "chosen_labels": mask + chosen,
-                    "rejected_input_ids": prompt + rejected, "rejected_labels": mask + rejected})
+        out.append({"id": row["id"], "prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
+                    "length": len(prompt) + max(len(chosen), len(rejected))})
     if trimmed:
         logger.info("passages trimmed to fit max_length=%d in %d of %d rows", max_length, trimmed, len(rows))
     return out
 
 
-def pad_batch(sequences: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, Any]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
-    import torch
+def write_dataset(examples: list[dict[str, Any]], path: Path) -> Path:
+    """Save ``examples`` as a Hugging Face dataset at ``path`` (replacing what was there)."""
+    import shutil
 
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    lab = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, (s, lbl) in enumerate(zip(sequences, labels, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(lbl)] = torch.tensor(lbl)
-        mask[i, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+    from datasets import Dataset
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    Dataset.from_list(examples).save_to_disk(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load_dataset_dir(path: str | Path) -> Any:
+    """A dataset :func:`write_dataset` saved, memory-mapped (None where there is none)."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    return load_from_disk(str(path)) if (path / "dataset_info.json").is_file() else None

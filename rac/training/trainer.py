@@ -1,5 +1,6 @@
 """Driver side of training: check everything that can be checked before a worker starts,
-then run the loop on Ray Train (``TorchTrainer``) with checkpoints that resume."""
+tokenize the rows once into datasets on the run's storage, then run TRL's trainer on Ray
+Train (``TorchTrainer``) with checkpoints that resume."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError, write_run_info
+from rac.models.factory import load_tokenizer
 from rac.training.config import RACConfig, SFTConfig, TrainConfig
-from rac.training.loop import EXPORT_DIR, METRICS_FILE, global_batch_size, train_loop_per_worker, training_rows
+from rac.training.data import (
+    DATA_DIR,
+    holdout_by_topic,
+    preference_examples,
+    read_rows,
+    sft_examples,
+    write_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +41,50 @@ def check_resources(cfg: TrainConfig) -> None:
     if cfg.scaling.use_gpu and cfg.scaling.num_workers > total.get("GPU", 0):
         raise ConfigError(f"scaling asks for {cfg.scaling.num_workers} GPUs, the cluster has {total.get('GPU', 0):g}; "
                           f"lower scaling.num_workers or set scaling.use_gpu: false")
+
+
+def training_rows(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The rows a training config reads: T2 pairs for the joint objective, else the SFT split."""
+    if isinstance(cfg, RACConfig):
+        rows = read_rows(cfg.input_dir, ["id", "query", "passages", "chosen", "rejected"])
+        return [r for r in rows if r["chosen"] and r["rejected"]]
+    assert isinstance(cfg, SFTConfig)
+    return [r for r in read_rows(cfg.input_dir, ["id", "query", "passages", "question"], split=cfg.split)
+            if r["question"]]
+
+
+def global_batch_size(cfg: TrainConfig) -> int:
+    return cfg.scaling.num_workers * cfg.per_worker_batch_size * cfg.gradient_accumulation_steps
+
+
+def steps_per_epoch(cfg: TrainConfig, num_train: int) -> int:
+    """Optimizer steps in one pass over ``num_train`` rows (transformers' Trainer: every rank
+    gets ceil(rows / (workers x batch)) micro-batches; a last partial step still counts)."""
+    micro = -(-num_train // (cfg.scaling.num_workers * cfg.per_worker_batch_size))
+    return -(-micro // cfg.gradient_accumulation_steps)
+
+
+def build_datasets(cfg: TrainConfig) -> dict[str, int]:
+    """Tokenize the training rows once into ``<output_dir>/data/{train,eval}``; returns row counts.
+
+    Eval rows are held out by topic (``eval_fraction``); the workers read these datasets.
+    """
+    tokenizer = load_tokenizer(cfg.model.path, padding_side="right")
+    train_rows, eval_rows = holdout_by_topic(training_rows(cfg), cfg.eval_fraction, cfg.seed)
+    if isinstance(cfg, RACConfig):
+        make = lambda rs: preference_examples(rs, tokenizer, cfg.max_length, cfg.max_answer_tokens)  # noqa: E731
+    else:
+        make = lambda rs: sft_examples(rs, tokenizer, cfg.grounded, cfg.max_length, cfg.max_answer_tokens)  # noqa: E731
+    data = Path(cfg.output_dir) / DATA_DIR
+    data.mkdir(parents=True, exist_ok=True)
+    write_dataset(make(train_rows), data / "train")
+    if eval_rows:
+        write_dataset(make(eval_rows), data / "eval")
+    else:
+        import shutil
+
+        shutil.rmtree(data / "eval", ignore_errors=True)
+    return {"train": len(train_rows), "eval": len(eval_rows)}
 
 
 def preflight(cfg: TrainConfig) -> int:
@@ -67,12 +120,15 @@ def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> dict[str,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from rac.training.worker import EXPORT_DIR, train_loop_per_worker
+
     rows = preflight(cfg)
     cfg = _absolute(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stage = "train_rac" if isinstance(cfg, RACConfig) else "train_sft"
-    write_run_info(out, stage, cfg, rows=rows)
+    counts = build_datasets(cfg)
+    write_run_info(out, stage, cfg, rows=rows, examples=counts)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "kill_at_step": kill_at_step,
@@ -96,9 +152,12 @@ def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> dict[str,
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-step metrics a run logged (all attempts, in order)."""
+    """The metrics a run logged, one record per step (training terms and evaluation merged)."""
+    from rac.training.engine import METRICS_FILE, merge_metric_lines
+
     path = Path(output_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return merge_metric_lines(lines)
 
 
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:

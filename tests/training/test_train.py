@@ -1,4 +1,5 @@
-"""Training on real local Ray Train + DeepSpeed (2 CPU workers, gloo), with a tiny model."""
+"""TRL's trainers on real local Ray Train (2 CPU workers, gloo; DeepSpeed ZeRO-2/3 and plain
+data parallel), with a tiny model."""
 
 import dataclasses
 import math
@@ -11,12 +12,13 @@ from rac.config import ConfigError, parse_config
 from rac.data.config import DataConfig
 from rac.data.prepare import prepare_data
 from rac.data.schema import records_to_table
-from rac.models import ModelConfig, load_tokenizer
+from rac.models import LoraConfig, ModelConfig, load_tokenizer
 from rac.retrieval import EmbeddedBM25Retriever
 from rac.testing.tiny import save_tiny_model
 from rac.training import RACConfig, SFTConfig, read_metrics, run_training
 from rac.training.config import DeepSpeedSection, ScalingSection
-from rac.training.loop import build_examples, schedule
+from rac.training.data import load_dataset_dir
+from rac.training.trainer import holdout_by_topic, steps_per_epoch, training_rows
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def demo_dir(tmp_path_factory):
 def sft_config(demo_dir, out, **kw):
     root, model = demo_dir
     base = SFTConfig(input_dir=str(root / "retrieved"), output_dir=str(out), run_name="sft",
-                     model=ModelConfig(path=str(model)), per_worker_batch_size=4, learning_rate=2e-3,
+                     model=ModelConfig(path=str(model), dtype="float32"), per_worker_batch_size=4, learning_rate=2e-3,
                      max_length=256, eval_steps=4, logging_steps=1, max_failures=0,
                      scaling=ScalingSection(num_workers=2), deepspeed=DeepSpeedSection(zero_stage=2))
     return dataclasses.replace(base, **kw)
@@ -55,7 +57,7 @@ def sft_config(demo_dir, out, **kw):
 
 def test_sft_lowers_loss_resumes_where_it_stopped_and_exports(ray_local, demo_dir, tmp_path):
     probe = sft_config(demo_dir, tmp_path / "probe")
-    per_epoch, _ = schedule(probe, len(build_examples(probe, load_tokenizer(probe.model.path))[0]))
+    per_epoch = steps_per_epoch(probe, len(holdout_by_topic(training_rows(probe), probe.eval_fraction, probe.seed)[0]))
     assert per_epoch >= 3
     total = per_epoch + 3
     # Uninterrupted run.
@@ -64,6 +66,10 @@ def test_sft_lowers_loss_resumes_where_it_stopped_and_exports(ray_local, demo_di
     ref = {m["step"]: m for m in read_metrics(full.output_dir)}
     assert sorted(ref) == list(range(1, total + 1))
     assert ref[total]["loss"] < ref[1]["loss"] - 0.1
+    assert "eval_loss" in ref[4] and ref[total]["epoch"] > 1
+    # The rows were tokenized once, by the driver, into a dataset on the run's storage.
+    train_set = load_dataset_dir(tmp_path / "full" / "data" / "train")
+    assert {"input_ids", "completion_mask", "length"} <= set(train_set.column_names)
     # Killed one step past the checkpoint at the epoch boundary, then run again.
     cut = sft_config(demo_dir, tmp_path / "cut", max_steps=total, save_steps=per_epoch)
     with pytest.raises(Exception):  # noqa: B017 - Ray's error type for a dead worker varies
@@ -88,8 +94,8 @@ def test_sft_lowers_loss_resumes_where_it_stopped_and_exports(ray_local, demo_di
 def rac_config(demo_dir, out, **kw):
     root, model = demo_dir
     base = RACConfig(input_dir=str(root / "negatives"), output_dir=str(out), run_name="rac",
-                     model=ModelConfig(path=str(model)), per_worker_batch_size=4, learning_rate=2e-3,
-                     max_length=256, max_steps=4, save_steps=2, eval_steps=4, gamma=0.5, beta=0.1,
+                     model=ModelConfig(path=str(model), dtype="float32"), per_worker_batch_size=4, learning_rate=2e-3,
+                     max_length=256, max_steps=4, save_steps=2, eval_steps=4, gamma=0.5, beta=0.1, warmup_ratio=0.0,
                      scaling=ScalingSection(num_workers=2), deepspeed=DeepSpeedSection(zero_stage=3))
     return dataclasses.replace(base, **kw)
 
@@ -100,33 +106,75 @@ def test_rac_zero3_survives_a_killed_worker_and_logs_each_term(ray_local, demo_d
     metrics = read_metrics(cfg.output_dir)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     for m in metrics:
-        assert {"loss", "dpo_loss", "sft_loss", "reward_margin", "reward_accuracy"} <= set(m)
-        assert m["loss"] == pytest.approx(0.5 * m["dpo_loss"] + 0.5 * m["sft_loss"], abs=1e-5)
+        assert {"loss", "pref_loss", "sft_loss", "reward_margin", "reward_accuracy"} <= set(m)
+        assert m["loss"] == pytest.approx(0.5 * m["pref_loss"] + 0.5 * m["sft_loss"], abs=1e-4)
     # Step 1 starts from the reference itself: the precomputed reference log-probs equal the
     # policy's, so every reward is 0 and the DPO loss is log 2.
-    assert metrics[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
-    assert metrics[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
-    assert metrics[-1]["loss"] < metrics[0]["loss"] and metrics[-1]["sft_loss"] < metrics[0]["sft_loss"]
+    assert metrics[0]["pref_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics[0]["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+    assert metrics[-1]["sft_loss"] < metrics[0]["sft_loss"]
     assert all(abs(m["reward_margin"]) > 1e-4 for m in metrics[1:])  # the policy left the reference
-    assert "eval_dpo_loss" in metrics[-1]
+    assert {"eval_loss", "eval_pref_loss", "eval_sft_loss", "eval_reward_margin"} <= set(metrics[-1])
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])  # ZeRO-3 weights gathered
-    assert sum(p.numel() for p in model.parameters()) > 100_000
+    initial = AutoModelForCausalLM.from_pretrained(cfg.model.path)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in initial.parameters())
+    assert not torch.equal(model.lm_head.weight, initial.lm_head.weight)
 
 
 def test_reference_model_forward_matches_precomputed(ray_local, demo_dir, tmp_path):
-    cfg = rac_config(demo_dir, tmp_path, precompute_ref_logps=False, max_steps=1, save_steps=1,
-                     deepspeed=DeepSpeedSection(zero_stage=2))
-    run_training(cfg)
-    (first,) = read_metrics(cfg.output_dir)
-    assert first["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    """Without DeepSpeed: a frozen reference model's forward every step gives the very losses
+    of the precomputed reference log-probs, step by step."""
+    runs = {}
+    for precompute in (True, False):
+        cfg = rac_config(demo_dir, tmp_path / str(precompute), precompute_ref_logps=precompute, max_steps=3,
+                         save_steps=3, deepspeed=DeepSpeedSection(zero_stage=0))
+        run_training(cfg)
+        runs[precompute] = read_metrics(cfg.output_dir)
+    assert [m["step"] for m in runs[True]] == [m["step"] for m in runs[False]] == [1, 2, 3]
+    for pre, fwd in zip(runs[True], runs[False], strict=True):
+        for key in ("loss", "pref_loss", "sft_loss", "reward_margin"):
+            assert pre[key] == pytest.approx(fwd[key], abs=1e-5), f"step {pre['step']} {key}"
+    assert abs(runs[True][-1]["reward_margin"]) > 1e-3  # the steps moved the policy: the comparison has teeth
+
+
+def test_lora_bf16_trains_merges_exports_reloads_and_generates(ray_local, demo_dir, tmp_path):
+    cfg = sft_config(demo_dir, tmp_path, max_steps=3, save_steps=3, eval_steps=3,
+                     model=ModelConfig(path=str(demo_dir[1]), dtype="bfloat16",
+                                       lora=LoraConfig(enabled=True, r=4, alpha=8)),
+                     deepspeed=DeepSpeedSection(zero_stage=0), trainer_args={"lr_scheduler_type": "constant"})
+    summary = run_training(cfg)
+    metrics = read_metrics(cfg.output_dir)
+    assert [m["learning_rate"] for m in metrics] == [2e-3] * 3  # trainer_args passed through
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged, a plain model
+    initial = AutoModelForCausalLM.from_pretrained(cfg.model.path)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(model.state_dict()[q], initial.state_dict()[q])  # the adapter's update is in
+    torch.testing.assert_close(model.state_dict()["model.embed_tokens.weight"],
+                               initial.state_dict()["model.embed_tokens.weight"])  # untargeted weights kept
+    tok = load_tokenizer(summary["model_dir"])
+    out = model.generate(**tok(["Query: jaguar\nClarifying question:"], return_tensors="pt"), max_new_tokens=5,
+                         do_sample=False)
+    assert out.shape[1] > 5
 
 
 def test_bad_configs_fail_before_any_worker_starts(ray_local, demo_dir, tmp_path):
     root, model = demo_dir
     with pytest.raises(ConfigError, match=r"gamma must be in \[0, 1\], got 1.5"):
         parse_config(RACConfig, ["--gamma", "1.5"])
+    with pytest.raises(ConfigError, match="loss_type 'ipoo' is not a preference loss.*sigmoid, hinge, ipo"):
+        parse_config(RACConfig, ["--loss_type", "ipoo"])
+    assert parse_config(RACConfig, ["--loss_type", "ipo"]).loss_type == "ipo"
+    with pytest.raises(ConfigError, match="trainer_args.lr_schedule_type is not a field of TRL's DPOConfig.*"
+                                          "lr_scheduler_type"):
+        parse_config(RACConfig, ["--trainer_args", "{lr_schedule_type: cosine}"])
+    with pytest.raises(ConfigError, match="trainer_args.per_device_train_batch_size: set it with.*"
+                                          "per_worker_batch_size"):
+        parse_config(SFTConfig, ["--trainer_args", "{per_device_train_batch_size: 2}"])
     with pytest.raises(ConfigError, match="lacks column.*chosen"):
         run_training(rac_config(demo_dir, tmp_path / "a", input_dir=str(root / "retrieved")))
     with pytest.raises(ConfigError, match="not a Hugging Face model directory"):

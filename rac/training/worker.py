@@ -1,0 +1,195 @@
+"""What each Ray Train worker runs: TRL's ``SFTTrainer`` or ``DPOTrainer`` on the datasets
+the driver tokenized once, reporting checkpoints to Ray Train, then the export.
+
+Resume: Ray Train hands back the last checkpoint it registered; the run's storage is
+also scanned for complete checkpoints (a report in flight when a worker died is on
+storage but may not be registered). ``Trainer.train(resume_from_checkpoint=...)``
+restores weights, optimizer, scheduler, RNG states and the step, and skips the batches
+already seen; the batch order is a function of (seed, epoch), so a resumed run continues
+with the very next batch, across epoch boundaries too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rac.models.factory import load_model, load_tokenizer, peft_config, resolve_dtype
+from rac.training.config import RACConfig, TrainConfig
+from rac.training.data import DATA_DIR, load_dataset_dir
+
+logger = logging.getLogger(__name__)
+
+EXPORT_DIR = "model"
+#: The Hugging Face checkpoint inside a Ray Train checkpoint (RayTrainReportCallback's layout).
+HF_CHECKPOINT = "checkpoint"
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict[str, Any] | None:
+    """DeepSpeed config for transformers' Trainer ("auto" values come from the training args)."""
+    if cfg.deepspeed.zero_stage == 0:
+        return None
+    return {
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+        "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage,
+                              # ZeRO-3 exports must hold whole weights, not shards.
+                              "stage3_gather_16bit_weights_on_model_save": True},
+        # The Trainer's torch AdamW: DeepSpeed's FusedAdam would compile for a minute on CPU.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def trainer_arguments(cfg: TrainConfig, local_dir: str, precision: str, has_eval: bool) -> Any:
+    """TRL's SFTConfig or DPOConfig for ``cfg`` (``cfg.trainer_args`` passed through last)."""
+    from trl import DPOConfig, SFTConfig
+
+    ds = deepspeed_config(cfg)
+    kwargs: dict[str, Any] = dict(
+        output_dir=local_dir, per_device_train_batch_size=cfg.per_worker_batch_size,
+        per_device_eval_batch_size=cfg.per_worker_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear",
+        num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps, seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps, eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        report_to=list(cfg.report_to) or "none", use_cpu=not cfg.scaling.use_gpu,
+        bf16=precision == "bfloat16", fp16=precision == "float16",
+        max_grad_norm=cfg.deepspeed.gradient_clipping,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        max_length=None,  # the driver fitted every prompt to cfg.max_length, trimming passages first
+        deepspeed=ds, disable_tqdm=True,
+    )
+    if not {"gradient_checkpointing", "activation_checkpointing"} & set(cfg.trainer_args):
+        kwargs["activation_checkpointing"] = False  # TRL turns it on; a 2x-compute trade a small model needs not make
+    if ds is not None:
+        # Ray Train started the process group; accelerate's state was configured for it.
+        kwargs["accelerator_config"] = {"use_configured_state": True}
+    if isinstance(cfg, RACConfig):
+        kwargs.update(loss_type=[cfg.loss_type, "sft"], loss_weights=[cfg.gamma, 1 - cfg.gamma], beta=cfg.beta,
+                      precompute_ref_log_probs=cfg.precompute_ref_logps)
+        return DPOConfig(**{**kwargs, **cfg.trainer_args})
+    kwargs.update(completion_only_loss=True)
+    return SFTConfig(**{**kwargs, **cfg.trainer_args})
+
+
+def _configure_accelerate(cfg: TrainConfig) -> None:
+    """With DeepSpeed, build accelerate's state for the process group Ray Train started.
+
+    Left to itself, the Trainer would take the worker for a single process while DeepSpeed
+    sees the whole group (and, on CPU, refuse it). DeepSpeed's shared-memory comm op would
+    compile for over a minute on first use; gloo is enough on CPU.
+    """
+    if cfg.deepspeed.zero_stage == 0:
+        return
+    import deepspeed
+    from accelerate import PartialState
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="nccl" if cfg.scaling.use_gpu else "gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+
+
+def _checkpoint_step(path: Path, world: int) -> int:
+    """The step of a complete Hugging Face checkpoint (every rank's RNG state saved), else -1."""
+    import json
+
+    state = path / "trainer_state.json"
+    rng = ["rng_state.pth"] if world == 1 else [f"rng_state_{r}.pth" for r in range(world)]
+    if not state.is_file() or not all((path / f).is_file() for f in rng):
+        return -1
+    try:
+        return int(json.loads(state.read_text())["global_step"])
+    except (ValueError, KeyError):
+        return -1
+
+
+def latest_checkpoint(reported: Any, storage_dir: Path, world: int) -> Path | None:
+    """The Hugging Face checkpoint to resume from: the newest complete one.
+
+    Ray Train hands back the latest checkpoint it registered; a checkpoint whose report was
+    still in flight when a worker died is on storage but may not be registered, so the
+    run's storage folder is scanned too (it is shared storage on a multi-node cluster).
+    """
+    candidates: list[Path] = []
+    if reported is not None and (Path(reported.path) / HF_CHECKPOINT).is_dir():
+        candidates.append(Path(reported.path) / HF_CHECKPOINT)
+    if storage_dir.is_dir():
+        candidates += sorted(storage_dir.glob(f"checkpoint_*/{HF_CHECKPOINT}"))
+    best = max(candidates, key=lambda p: _checkpoint_step(p, world), default=None)
+    return best if best is not None and _checkpoint_step(best, world) > 0 else None
+
+
+def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any:
+    """The TRL trainer of ``cfg`` on the tokenized datasets under ``<output_dir>/data``."""
+    from rac.training.engine import RACDPOTrainer, RACSFTTrainer
+
+    data = Path(cfg.output_dir) / DATA_DIR
+    train, evaluation = load_dataset_dir(data / "train"), load_dataset_dir(data / "eval")
+    precision = resolve_dtype(cfg.model.dtype, cfg.scaling.use_gpu)
+    args = trainer_arguments(cfg, local_dir, precision, has_eval=evaluation is not None)
+    tokenizer = load_tokenizer(cfg.model.path, padding_side="right")
+    # Weights stay float32 (the optimizer's master copy); bf16/fp16 run as autocast.
+    model = load_model(dataclasses.replace(cfg.model, dtype="float32"))
+    model.config.use_cache = False
+    cls = RACDPOTrainer if isinstance(cfg, RACConfig) else RACSFTTrainer
+    return cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
+               callbacks=callbacks, peft_config=peft_config(cfg.model.lora) if cfg.model.lora.enabled else None)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: ``{"cfg", "storage_dir", "kill_at_step"}``."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    from rac.training.engine import METRICS_FILE, FaultInjectionCallback, MetricsCallback
+
+    cfg: TrainConfig = config["cfg"]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _configure_accelerate(cfg)
+    callbacks: list[Any] = [MetricsCallback(Path(cfg.output_dir) / METRICS_FILE), RayTrainReportCallback()]
+    if config.get("kill_at_step"):
+        callbacks.append(FaultInjectionCallback(config["kill_at_step"], rank, world - 1,
+                                                Path(cfg.output_dir) / "fault_injected"))
+    with tempfile.TemporaryDirectory(prefix=f"rac-{cfg.run_name}-rank{rank}-") as local_dir:
+        trainer = build_trainer(cfg, local_dir, callbacks)
+        resume = latest_checkpoint(ray.train.get_checkpoint(), Path(config["storage_dir"]), world)
+        if resume is not None:
+            logger.info("rank %d resumes from %s", rank, resume)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        export_model(trainer, cfg, Path(cfg.output_dir) / EXPORT_DIR, rank)
+        if resume is not None and trainer.state.global_step == _checkpoint_step(resume, world):
+            ray.train.report({"step": trainer.state.global_step})  # resumed at the end: nothing left to train
+
+
+def export_model(trainer: Any, cfg: TrainConfig, path: Path, rank: int) -> None:
+    """Save the trained model in Hugging Face format: ZeRO-3 weights gathered by the
+    Trainer's ``save_model``, LoRA adapters merged into the base weights."""
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_model(str(tmp))  # collective under DeepSpeed; rank 0 writes
+    if rank == 0:
+        if cfg.model.lora.enabled:
+            from peft import PeftModel
+
+            base = load_model(dataclasses.replace(cfg.model, dtype="float32"))
+            merged = PeftModel.from_pretrained(base, str(tmp)).merge_and_unload()
+            shutil.rmtree(tmp)
+            merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer = trainer.processing_class
+        tokenizer.padding_side = "left"
+        tokenizer.save_pretrained(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    trainer.accelerator.wait_for_everyone()
