@@ -22,22 +22,17 @@ from rac.config import write_run_info
 from rac.data.schema import PASSAGE_TYPE
 from rac.decoding.config import NegativesConfig
 from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
-from rac.decoding.models import (
-    check_model_dir,
-    check_same_tokenizer,
-    load_causal_lm,
-    model_revision,
-    resolve_device,
-)
+from rac.decoding.models import check_same_tokenizer, model_revision
+from rac.models.factory import check_model_dir, load_causal_lm, resolve_device
+from rac.models.generation import GENERATION_FAILURE
 from rac.parts import PartWriter, check_params, clear_parts, drop_error_rows, read_parts, table_digest, written_ids
 from rac.retrieval.stage import read_retrieved
+from rac.rows import batch_then_rows, row_error
 
 logger = logging.getLogger(__name__)
 
 #: Folder of ``output_dir`` holding the Parquet parts.
 NEGATIVES_DIR = "negatives"
-#: Prefix of the error of a row whose decoding raised (not bad input).
-GENERATION_FAILURE = "generation failed: "
 
 NEGATIVES_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -64,8 +59,6 @@ NEGATIVES_SCHEMA = NEGATIVES_SCHEMA.with_metadata({
                   "0 = from grounded_model (p_theta0)",
     "mixing_rate": "realised share of ungrounded tokens, mean(provenance)",
 })
-
-INPUT_COLUMNS = ("id", "query", "question", "passages", "split", "error")
 
 
 def input_error(row: dict[str, Any]) -> str | None:
@@ -118,16 +111,9 @@ class NegativesBatch:
             return f"no passage fits the prompt budget of max_prompt_tokens={self.cfg.max_prompt_tokens}"
         return grounded.text, ungrounded.text, grounded.passages_used
 
-    def _decode(self, todo: list[tuple[int, str, str, int]]) -> dict[int, MixtureSample | str]:
-        """Decode the rows together; if that raises, row by row, so one bad row fails alone."""
-        try:
-            samples = self.decoder.generate([t[1] for t in todo], [t[2] for t in todo], [t[3] for t in todo])
-            return {t[0]: s for t, s in zip(todo, samples, strict=True)}
-        except Exception as e:  # noqa: BLE001 - recorded on the rows, never kills the run
-            if len(todo) == 1:
-                return {todo[0][0]: f"{GENERATION_FAILURE}{type(e).__name__}: {e}"}
-            logger.warning("batch of %d failed (%s: %s); retrying row by row", len(todo), type(e).__name__, e)
-            return {k: v for t in todo for k, v in self._decode([t]).items()}
+    def _decode(self, rows: list[tuple[str, str, int]]) -> list[MixtureSample]:
+        """Mixture samples of ``(grounded prompt, ungrounded prompt, seed)`` rows, decoded together."""
+        return self.decoder.generate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -147,14 +133,14 @@ class NegativesBatch:
                 else:
                     out[-1]["passages_used"] = prompts[2]
                     todo.append((i, prompts[0], prompts[1], seed))
-        if todo:
-            for i, sample in self._decode(todo).items():
-                if isinstance(sample, str):
-                    out[i]["error"] = sample
-                else:
-                    out[i].update(rejected=sample.text, rejected_token_ids=sample.token_ids,
-                                  provenance=sample.provenance, mixing_rate=sample.mixing_rate,
-                                  finish_reason=sample.finish_reason)
+        samples = batch_then_rows(self._decode, [t[1:] for t in todo]) if todo else []
+        for (i, *_), sample in zip(todo, samples, strict=True):
+            if isinstance(sample, Exception):
+                out[i]["error"] = row_error(GENERATION_FAILURE, sample)
+            else:
+                out[i].update(rejected=sample.text, rejected_token_ids=sample.token_ids,
+                              provenance=sample.provenance, mixing_rate=sample.mixing_rate,
+                              finish_reason=sample.finish_reason)
         return pa.Table.from_pylist(out, schema=NEGATIVES_SCHEMA)
 
 
@@ -208,12 +194,13 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
     """
     import ray
 
-    check_model_dir(cfg.grounded_model, "grounded_model")
-    check_model_dir(cfg.ungrounded_model, "ungrounded_model")
+    for key in ("grounded_model", "ungrounded_model"):
+        check_model_dir(getattr(cfg, key), key, f"train it first (jobs.train_sft exports <output_dir>/model) or "
+                                                f"point {key} at a saved model")
     check_same_tokenizer(cfg.grounded_model, cfg.ungrounded_model)
     revisions = {"grounded_model": model_revision(cfg.grounded_model, cfg.hash_weights),
                  "ungrounded_model": model_revision(cfg.ungrounded_model, cfg.hash_weights)}
-    table = read_retrieved(cfg.input_dir, cfg.splits, INPUT_COLUMNS)
+    table = read_retrieved(cfg.input_dir, cfg.splits)
 
     out = Path(cfg.output_dir)
     parts_dir = out / NEGATIVES_DIR

@@ -39,10 +39,51 @@ class ModelConfig:
     lora: LoraConfig = nested(LoraConfig, "LoRA adapters.")
 
     def check_exists(self) -> None:
-        path = Path(self.path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path {self.path} is not a Hugging Face model directory (no config.json); "
-                              f"run `python -m jobs.prepare_model` or point model.path at an exported model")
+        check_model_dir(self.path, "model.path", "run `python -m jobs.prepare_model` or point model.path at an "
+                                                 "exported model")
+
+
+class ModelDirError(ConfigError):
+    """A path that should hold a Hugging Face model does not."""
+
+
+def check_model_dir(path: str | Path, key: str, hint: str) -> Path:
+    """``path`` when it holds a Hugging Face model (a ``config.json``).
+
+    Parameters
+    ----------
+    path
+        The model directory.
+    key
+        The config key that gave it (``grounded_model``, ``systems[rac].path``), named in the error.
+    hint
+        What makes the model, or what to set instead (``run `make run` first``).
+
+    Raises
+    ------
+    ModelDirError
+        ``<key> <path> is not a Hugging Face model directory (no config.json); <hint>``.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelDirError(f"{key} {path} is not a Hugging Face model directory (no config.json); {hint}")
+    return path
+
+
+def resolve_device(device: str, num_gpus: float) -> str:
+    """The torch device of an actor: ``cuda`` when asked for and visible, ``auto`` as cuda when
+    the actor reserves GPUs and one is visible, else ``cpu``.
+
+    Raises :class:`ConfigError` when ``device`` is ``cuda`` and no GPU is visible.
+    """
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but no GPU is visible to this actor; set num_gpus > 0 in the actor "
+                          "pool on a GPU node, or device: cpu")
+    if device == "auto":
+        return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return device
 
 
 def load_tokenizer(path: str | Path, padding_side: str = "left") -> Any:
@@ -61,9 +102,7 @@ def load_model(cfg: ModelConfig, path: str | Path | None = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = Path(path or cfg.path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no Hugging Face model in {path} (config.json missing)")
+    path = check_model_dir(path or cfg.path, "model.path", "point it at a saved model")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, cfg.dtype))
     if cfg.lora.enabled:
         from peft import LoraConfig as PeftLoraConfig

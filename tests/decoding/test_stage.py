@@ -16,7 +16,8 @@ from rac.config import ActorPoolConfig, ConfigError
 from rac.data import load_data
 from rac.data.schema import records_to_table
 from rac.decoding import NegativesConfig, read_negatives, row_seed, run_generate_negatives
-from rac.decoding.stage import GENERATION_FAILURE, INPUT_COLUMNS, NEGATIVES_DIR, NegativesBatch
+from rac.decoding.stage import NEGATIVES_DIR, NegativesBatch
+from rac.models.generation import GENERATION_FAILURE
 from rac.retrieval import read_retrieved
 
 LONG_QUERY = "which " * 300
@@ -143,7 +144,7 @@ def test_a_row_that_fails_to_decode_fails_alone(model_dirs, retrieved_dir, tmp_p
     input_dir, _ = retrieved_dir
     cfg = _config(model_dirs, input_dir, tmp_path / "neg")
     stage = NegativesBatch(cfg, {"grounded_model": "g@0", "ungrounded_model": "u@0"})
-    table = read_retrieved(input_dir, ["t2"], INPUT_COLUMNS)
+    table = read_retrieved(input_dir, ["t2"])
     batch = table.filter(pc.invert(pc.starts_with(table.column("id"), "bad-"))).slice(0, 4)
     victim = batch.column("id").to_pylist()[2]
     generate = stage.decoder.generate
