@@ -10,6 +10,7 @@ out exactly once, with its negative or with an ``error``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -94,7 +95,7 @@ class NegativesBatch:
         self.tokenizer = load_tokenizer(cfg.grounded_model)
         self.decoder = MixtureDecoder(load_causal_lm(cfg.grounded_model, cfg.dtype, device),
                                       load_causal_lm(cfg.ungrounded_model, cfg.dtype, device),
-                                      self.tokenizer, cfg.sampling_params())
+                                      self.tokenizer, cfg.sampling)
         logger.info("negatives actor ready on %s", device)
 
     def _prompts(self, row: dict[str, Any]) -> tuple[str, str, int] | str:
@@ -124,8 +125,9 @@ class NegativesBatch:
             out.append({"id": row["id"], "query": row.get("query"), "passages": row.get("passages"),
                         "passages_used": None, "chosen": row.get("question"), "rejected": None,
                         "rejected_token_ids": None, "provenance": None, "mixing_rate": None, "finish_reason": None,
-                        "alpha": self.cfg.alpha, "seed": seed, **self.revisions, "topic_id": row.get("topic_id"),
-                        "facet_id": row.get("facet_id"), "split": row.get("split"), "error": input_error(row)})
+                        "alpha": self.cfg.sampling.alpha, "seed": seed, **self.revisions,
+                        "topic_id": row.get("topic_id"), "facet_id": row.get("facet_id"), "split": row.get("split"),
+                        "error": input_error(row)})
             if out[-1]["error"] is None:
                 prompts = self._prompts(row)
                 if isinstance(prompts, str):
@@ -155,9 +157,8 @@ def read_negatives(output_dir: str | Path) -> pa.Table:
 
 def _run_params(cfg: NegativesConfig, revisions: dict[str, str], table: pa.Table) -> dict[str, Any]:
     """What makes a negative what it is; parts from different params must not be mixed."""
-    keys = ("alpha", "temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "max_prompt_tokens",
-            "stop_at_question", "seed")
-    params: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
+    params: dict[str, Any] = {**dataclasses.asdict(cfg.sampling), "max_prompt_tokens": cfg.max_prompt_tokens,
+                              "seed": cfg.seed}
     # The weights digest, not the path: moving a model does not change its negatives.
     params.update({f"{k}_digest": v.rsplit("@", 1)[-1] for k, v in revisions.items()})
     params["input_digest"] = table_digest(table, ["id", "query", "question", "passages"])
@@ -242,7 +243,7 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
         "rows_in": len(ids), "skipped": len(ids) - len(todo_rows), "generated": len(todo_rows), "retried": retried,
         "with_negative": len(ids) - len(errors), "error_rows": len(errors),
         "generation_failures": sum(e["error"].startswith(GENERATION_FAILURE) for e in errors),
-        "alpha": cfg.alpha, "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None,
+        "alpha": cfg.sampling.alpha, "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None,
         **revisions,
     }
     write_run_info(out, "generate_negatives", cfg, summary=summary)

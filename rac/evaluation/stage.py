@@ -264,7 +264,8 @@ def read_mixture_rows(alpha: float, output_dir: str | Path) -> list[dict[str, An
 
     table, _ = read_stage_output(
         output_dir, NEGATIVES_DIR, NEGATIVES_COLUMNS, expected="the negatives stage's rows",
-        absent=f"negatives_dirs[{alpha}]: run `python -m jobs.generate_negatives --alpha {alpha}` into {output_dir}")
+        absent=f"negatives_dirs[{alpha}]: run `python -m jobs.generate_negatives --sampling.alpha {alpha} "
+               f"--output_dir {output_dir}`")
     rows = table.select(list(NEGATIVES_COLUMNS)).sort_by("id").to_pylist()
     stated = {r["alpha"] for r in rows if r["alpha"] is not None}
     if stated and any(abs(a - alpha) > 1e-9 for a in stated):

@@ -12,6 +12,23 @@ from rac.config import ConfigError, field_help, nested
 logger = logging.getLogger(__name__)
 
 
+#: The dtypes a model's weights may be loaded in.
+Dtype = Literal["float32", "bfloat16", "float16"]
+#: The torch devices an actor may run a model on (``auto``: see :func:`resolve_device`).
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def dtype_field() -> Any:
+    """The config field of a model's weights dtype (:data:`Dtype`)."""
+    return field_help("float32", help="Weights dtype (float32 on CPU; bfloat16 on recent GPUs).")
+
+
+def device_field() -> Any:
+    """The config field of the device an actor pool's models run on (:data:`Device`)."""
+    return field_help("auto", help="auto: cuda when the actor pool reserves GPUs (num_gpus > 0) and one is "
+                                   "visible, else cpu.")
+
+
 @dataclass
 class LoraConfig:
     """Optional LoRA adapters (PEFT) instead of full fine-tuning."""
@@ -34,8 +51,7 @@ class ModelConfig:
 
     path: str = field_help("outputs/models/smollm2-135m-instruct",
                            help="Local Hugging Face model directory (python -m jobs.prepare_model writes one).")
-    dtype: Literal["float32", "bfloat16", "float16"] = field_help(
-        "float32", help="Weights dtype (float32 on CPU; bfloat16 on recent GPUs).")
+    dtype: Dtype = dtype_field()
     lora: LoraConfig = nested(LoraConfig, "LoRA adapters.")
 
     def check_exists(self) -> None:

@@ -11,8 +11,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rac.config import ConfigError, field_help
+
 #: Prefix of the error of a row whose generation raised (not bad input); a rerun retries it.
 GENERATION_FAILURE = "generation failed: "
+#: Fewer prompt tokens leave no room for the instruction and the query.
+MIN_PROMPT_TOKENS = 16
+
+
+def max_new_tokens_field(default: int = 32) -> Any:
+    """The config field of the token limit of one generated question (checked by :func:`check_lengths`)."""
+    return field_help(default, help="Tokens generated at most per question.")
+
+
+def max_prompt_tokens_field(default: int = 512) -> Any:
+    """The config field of the prompt's token budget (checked by :func:`check_lengths`)."""
+    return field_help(default, help="Token budget of each prompt; passages are trimmed to fit "
+                                    "(rac.models.build_prompt).")
+
+
+def check_lengths(max_new_tokens: int | None = None, max_prompt_tokens: int | None = None,
+                  section: str = "") -> None:
+    """Refuse a token limit below 1 or a prompt budget below :data:`MIN_PROMPT_TOKENS`
+    (``section`` prefixes the key in the message, e.g. ``generator.``)."""
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ConfigError(f"{section}max_new_tokens must be at least 1, got {max_new_tokens}")
+    if max_prompt_tokens is not None and max_prompt_tokens < MIN_PROMPT_TOKENS:
+        raise ConfigError(f"{section}max_prompt_tokens must be at least {MIN_PROMPT_TOKENS}, got {max_prompt_tokens}")
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device: Any = "cpu") -> tuple[Any, Any]:

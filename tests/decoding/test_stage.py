@@ -15,7 +15,7 @@ from jobs.generate_negatives import main as negatives_job
 from rac.config import ActorPoolConfig, ConfigError
 from rac.data import load_data
 from rac.data.schema import records_to_table
-from rac.decoding import NegativesConfig, read_negatives, row_seed, run_generate_negatives
+from rac.decoding import NegativesConfig, SamplingParams, read_negatives, row_seed, run_generate_negatives
 from rac.decoding.stage import NEGATIVES_DIR, NegativesBatch
 from rac.models.generation import GENERATION_FAILURE
 from rac.retrieval import read_retrieved
@@ -51,11 +51,11 @@ def retrieved_dir(tmp_path):
     return tmp_path / "retrieve", t2_ids
 
 
-def _config(model_dirs, input_dir, output_dir, **overrides):
-    fields = {"input_dir": str(input_dir), "output_dir": str(output_dir), "grounded_model": str(model_dirs[0]),
-              "ungrounded_model": str(model_dirs[1]), "max_prompt_tokens": 128, "max_new_tokens": 12,
-              "pool": ActorPoolConfig(min_size=1, max_size=1, batch_size=4)}
-    return NegativesConfig(**{**fields, **overrides})
+def _config(model_dirs, input_dir, output_dir, alpha=0.5):
+    return NegativesConfig(input_dir=str(input_dir), output_dir=str(output_dir), grounded_model=str(model_dirs[0]),
+                           ungrounded_model=str(model_dirs[1]), max_prompt_tokens=128,
+                           sampling=SamplingParams(alpha=alpha, max_new_tokens=12),
+                           pool=ActorPoolConfig(min_size=1, max_size=1, batch_size=4))
 
 
 def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model_dirs, retrieved_dir):
@@ -122,7 +122,8 @@ def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model
 def _argv(cfg):
     return ["--input_dir", cfg.input_dir, "--output_dir", cfg.output_dir, "--grounded_model", cfg.grounded_model,
             "--ungrounded_model", cfg.ungrounded_model, "--max_prompt_tokens", str(cfg.max_prompt_tokens),
-            "--max_new_tokens", str(cfg.max_new_tokens), "--pool.max_size", "1", "--pool.batch_size", "4"]
+            "--sampling.max_new_tokens", str(cfg.sampling.max_new_tokens), "--pool.max_size", "1",
+            "--pool.batch_size", "4"]
 
 
 def _mark_failed(parts_dir, row_id):
@@ -176,4 +177,4 @@ def test_tokenizer_mismatch_stops_the_job_before_decoding(ray_local, tmp_path, m
     assert run(NegativesConfig, negatives_job, argv=argv) == 1
     assert "do not share a tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "neg").exists()
-    assert run(NegativesConfig, negatives_job, argv=_argv(cfg) + ["--alpha", "2"]) == 2
+    assert run(NegativesConfig, negatives_job, argv=_argv(cfg) + ["--sampling.alpha", "2"]) == 2
