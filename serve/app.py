@@ -145,9 +145,9 @@ class ClarifyIngress:
 
 def check_paths(cfg: ServeConfig) -> None:
     """Fail at build time, before any replica starts, when the model or index is missing."""
-    model = check_model_dir(cfg.model_path, "model_path", "`make run` trains the RAC model it names in "
-                                                          "serve/config.yaml; or point model_path at another "
-                                                          "exported model")
+    model = check_model_dir(cfg.model_path, "model_path", "run `make run` first (it trains the RAC model "
+                                                          "serve/config.yaml serves), or point model_path at "
+                                                          "another exported model")
     if not any((model / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise ConfigError(f"model_path {model} has no tokenizer files; export the tokenizer with the model")
     positions = json.loads((model / "config.json").read_text()).get("max_position_embeddings")
@@ -160,7 +160,8 @@ def check_paths(cfg: ServeConfig) -> None:
 
         if not (Path(cfg.retriever.index_dir) / PARAMS_FILE).is_file():
             raise ConfigError(f"retriever.index_dir {cfg.retriever.index_dir} holds no embedded BM25 index; run "
-                              f"`python -m jobs.index --config configs/index.yaml` or set "
+                              f"`make run` first (it builds the index serve/config.yaml names), or "
+                              f"`python -m jobs.index --config configs/index.yaml`, or set "
                               f"retriever.elasticsearch.url")
 
 

@@ -194,9 +194,10 @@ class ServeConfig:
     """``build_app`` args: everything the clarifying-question Serve application needs."""
 
     model_path: str = field_help(
-        "outputs/models/smollm2-135m-instruct",
-        help="Hugging Face model directory (config.json + tokenizer), e.g. one a training job exported. "
-             "Relative paths are resolved against the directory serve run/deploy builds the app in.")
+        "outputs/demo/train_rac/model",
+        help="Hugging Face model directory (config.json + tokenizer) a training job exported; default: the RAC "
+             "model `make run` trains. Relative paths are resolved against the directory serve run/deploy "
+             "builds the app in.")
     model_name: str | None = field_help(None, help="Name reported in responses (None: the model directory's name).")
     dtype: Dtype = dtype_field()
     retriever: RetrieverConfig = nested(RetrieverConfig, "BM25 backend (Elasticsearch when a URL is set).")

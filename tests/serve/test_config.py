@@ -116,7 +116,7 @@ def test_deployments_get_the_configured_replicas_resources_and_batching():
 def test_build_app_fails_fast_on_missing_model_or_index(tmp_path, tiny_model_dir):
     from serve.app import build_app
 
-    with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
+    with pytest.raises(ConfigError, match="not a Hugging Face model directory .*run `make run` first"):
         build_app({"model_path": str(tmp_path / "nothing")})
     with pytest.raises(ConfigError, match="holds no embedded BM25 index"):
         build_app({"model_path": str(tiny_model_dir), "retriever": {"index_dir": str(tmp_path / "no-index")}})
