@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,16 @@ from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
 from rac.decoding.models import check_same_tokenizer, model_revision
 from rac.models.factory import check_model_dir, load_causal_lm, resolve_device
 from rac.models.generation import GENERATION_FAILURE
-from rac.parts import PartWriter, check_params, clear_parts, drop_error_rows, read_parts, table_digest, written_ids
+from rac.parts import (
+    PartWriter,
+    check_params,
+    clear_parts,
+    drop_error_rows,
+    read_parts,
+    read_stage_output,
+    table_digest,
+    written_ids,
+)
 from rac.retrieval.stage import read_retrieved
 from rac.rows import batch_then_rows, row_error
 
@@ -149,10 +159,18 @@ class NegativesBatch:
 # ----------------------------------------------------------------------------- input and output
 
 
-def read_negatives(output_dir: str | Path) -> pa.Table:
-    """The pairs a negatives run wrote (:data:`NEGATIVES_SCHEMA`), sorted by id."""
-    table = read_parts(Path(output_dir) / NEGATIVES_DIR, schema=NEGATIVES_SCHEMA)
-    return NEGATIVES_SCHEMA.empty_table() if table is None else table.sort_by("id")
+def read_negatives(output_dir: str | Path, columns: Sequence[str] = tuple(NEGATIVES_SCHEMA.names)) -> pa.Table:
+    """The pairs a negatives run wrote (:data:`NEGATIVES_SCHEMA`), sorted by id.
+
+    ``output_dir`` is the run's output directory or its ``negatives/`` folder of parts. Raises
+    ``FileNotFoundError`` when there are none, and :class:`~rac.data.loaders.DataFormatError`
+    when ``columns`` are missing (:func:`rac.parts.read_stage_output`).
+    """
+    table, _ = read_stage_output(
+        output_dir, NEGATIVES_DIR, columns, absent=f"run `python -m jobs.generate_negatives --output_dir "
+                                                   f"{output_dir}` first or point at its output_dir",
+        expected="the negatives stage's rows (rac.decoding.stage.NEGATIVES_SCHEMA)")
+    return table.sort_by("id")
 
 
 def _run_params(cfg: NegativesConfig, revisions: dict[str, str], table: pa.Table) -> dict[str, Any]:
@@ -228,7 +246,8 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
             writer.write(part)
             logger.info("negatives: %d/%d rows written", writer.rows, len(todo_rows))
 
-    written = read_negatives(out)
+    written = read_parts(parts_dir, schema=NEGATIVES_SCHEMA)
+    written = NEGATIVES_SCHEMA.empty_table() if written is None else written.sort_by("id")
     written = written.filter(pc.is_in(written.column("id"), value_set=pa.array(ids, type=pa.string())))
     written_list = written.column("id").to_pylist()
     if len(written_list) != len(set(written_list)) or set(written_list) != set(ids):

@@ -139,6 +139,11 @@ def _mark_failed(parts_dir, row_id):
             pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), part)
 
 
+def test_reading_negatives_never_written_names_the_job(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `python -m jobs.generate_negatives --output_dir"):
+        read_negatives(tmp_path)
+
+
 def test_a_row_that_fails_to_decode_fails_alone(model_dirs, retrieved_dir, tmp_path):
     """The stage class in-process: when decoding a batch raises, the batch is decoded row
     by row and only the row that raises gets an error."""
