@@ -43,6 +43,14 @@ UPSTREAM = {
     "negatives": ("retrieve", "sft_grounded", "sft_ungrounded"), "train_rac": ("negatives", "sft_grounded"),
     "evaluate": ("retrieve", "sft_grounded", "sft_ungrounded", "train_rac", "negatives"),
 }
+#: Keys of the stage sections that the pipeline sets from run_dir (a value given there would be lost).
+WIRED_KEYS = {
+    "retriever": ("index_dir",),
+    "sft": ("input_dir", "output_dir", "run_name", "model.path", "grounded"),
+    "negatives": ("input_dir", "output_dir", "grounded_model", "ungrounded_model"),
+    "rac": ("input_dir", "output_dir", "run_name", "model.path"),
+    "evaluate": ("input_dir", "output_dir", "systems", "negatives_dirs"),
+}
 MANIFEST = "manifest.json"
 #: Written when a stage starts: the config hash and inputs its output in the folder belongs to.
 STARTED = "started.json"
@@ -75,6 +83,14 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+        defaults = {f.name: f.default_factory() for f in dataclasses.fields(self) if f.name in WIRED_KEYS}
+        for section, keys in WIRED_KEYS.items():
+            for key in keys:
+                given, default = _dotted(getattr(self, section), key), _dotted(defaults[section], key)
+                if given != default:
+                    raise ConfigError(f"{section}.{key} is set by the pipeline from run_dir (and base_model), "
+                                      f"so {given!r} would be ignored; remove it from the config, or run the "
+                                      f"stage's own job to choose it")
 
     def stage_configs(self) -> dict[str, Any]:
         """Each stage's config, wired to the run directory."""
@@ -103,8 +119,15 @@ class PipelineConfig:
                                              output_dir=str(run / "train_rac"), run_name="train_rac",
                                              model=dataclasses.replace(self.rac.model, path=str(grounded_model))),
         }
-        cfgs["evaluate"] = _wire_evaluate(self.evaluate, run, grounded_model, ungrounded_model, self.negatives.alpha)
+        cfgs["evaluate"] = _wire_evaluate(self.evaluate, run, grounded_model, ungrounded_model,
+                                          self.negatives.sampling.alpha)
         return cfgs
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def _wire_evaluate(cfg: Any, run: Path, grounded_model: Path, ungrounded_model: Path, alpha: float) -> Any:

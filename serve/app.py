@@ -24,11 +24,12 @@ from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from rac.config import ConfigError, from_dict
+from rac.models.factory import check_model_dir
 from rac.serving.config import ServeConfig
 from rac.serving.generator import BatchStats, GenerationScheduler, QuestionGenerator
 from rac.serving.service import ServingError
@@ -66,7 +67,7 @@ class QuestionGeneratorDeployment:
 
     def __init__(self, cfg: ServeConfig):
         _log_rac_to_serve_logs()
-        g = cfg.generator
+        g = self.batching = cfg.generator
         self.generator = QuestionGenerator(cfg.model_path, dtype=cfg.dtype, torch_threads=g.torch_threads)
         # The decorator's arguments are fixed when the class is defined; the configured
         # values replace them here, before the first request creates the batch queue.
@@ -89,8 +90,8 @@ class QuestionGeneratorDeployment:
         return await self.scheduler.submit([r.prompt for r in requests], [r.max_new_tokens for r in requests])
 
     def batch_stats(self) -> dict[str, Any]:
-        return {**self.scheduler.stats.snapshot(), "max_batch_size": self.generate_batch._get_max_batch_size(),
-                "batch_wait_timeout_s": self.generate_batch._get_batch_wait_timeout_s()}
+        return {**self.scheduler.stats.snapshot(), "max_batch_size": self.batching.max_batch_size,
+                "batch_wait_timeout_s": self.batching.batch_wait_timeout_s}
 
     def ready(self) -> bool:
         return True
@@ -144,10 +145,9 @@ class ClarifyIngress:
 
 def check_paths(cfg: ServeConfig) -> None:
     """Fail at build time, before any replica starts, when the model or index is missing."""
-    model = Path(cfg.model_path)
-    if not (model / "config.json").is_file():
-        raise ConfigError(f"model_path {model} is not a Hugging Face model directory (no config.json); point it at "
-                          f"a model a training job exported, or run `python -m jobs.prepare_model`")
+    model = check_model_dir(cfg.model_path, "model_path", "run `make run` first (it trains the RAC model "
+                                                          "serve/config.yaml serves), or point model_path at "
+                                                          "another exported model")
     if not any((model / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise ConfigError(f"model_path {model} has no tokenizer files; export the tokenizer with the model")
     positions = json.loads((model / "config.json").read_text()).get("max_position_embeddings")
@@ -160,7 +160,8 @@ def check_paths(cfg: ServeConfig) -> None:
 
         if not (Path(cfg.retriever.index_dir) / PARAMS_FILE).is_file():
             raise ConfigError(f"retriever.index_dir {cfg.retriever.index_dir} holds no embedded BM25 index; run "
-                              f"`python -m jobs.index --config configs/index.yaml` or set "
+                              f"`make run` first (it builds the index serve/config.yaml names), or "
+                              f"`python -m jobs.index --config configs/index.yaml`, or set "
                               f"retriever.elasticsearch.url")
 
 
@@ -181,5 +182,11 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Application:
     cfg = args if isinstance(args, ServeConfig) else from_dict(ServeConfig, dict(args or {}))
     cfg = cfg.resolved()
     check_paths(cfg)
-    generator = QuestionGeneratorDeployment.options(**cfg.generator.deployment.to_serve()).bind(cfg)
-    return ClarifyIngress.options(**cfg.ingress.deployment.to_serve()).bind(cfg, generator)
+    ingress, generator = deployments(cfg)
+    return ingress.bind(cfg, generator.bind(cfg))
+
+
+def deployments(cfg: ServeConfig) -> tuple[Deployment, Deployment]:
+    """``(ClarifyIngress, QuestionGenerator)`` with the replicas and resources of ``cfg``."""
+    return (ClarifyIngress.options(**cfg.ingress.deployment.to_serve()),
+            QuestionGeneratorDeployment.options(**cfg.generator.deployment.to_serve()))

@@ -53,3 +53,11 @@ def test_unknown_stage_and_from_are_refused(tmp_path):
     cfg = parse_config(PipelineConfig, ["--run_dir", str(tmp_path), "--stages", "[index]"])
     with pytest.raises(ConfigError, match="--from retrieve: not one of the configured stages"):
         run_pipeline(cfg, start_from="retrieve")
+
+
+@pytest.mark.parametrize("key", ["sft.output_dir", "sft.run_name", "rac.model.path", "negatives.input_dir",
+                                 "evaluate.output_dir"])
+def test_keys_the_pipeline_sets_are_refused_in_stage_sections(key):
+    with pytest.raises(ConfigError, match=f"{key.replace('.', '[.]')} is set by the pipeline"):
+        parse_config(PipelineConfig, [f"--{key}", "elsewhere"])
+    parse_config(PipelineConfig, ["--sft.learning_rate", "0.001"])  # any other key of a section is taken

@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from rac.config import ConfigError
+
 PASSAGE_TYPE = pa.struct([("id", pa.string()), ("text", pa.string()), ("score", pa.float64())])
 
 RECORD_SCHEMA = pa.schema([
@@ -39,6 +41,15 @@ OPTIONAL_FIELDS = ("question", "topic_id", "facet_id", "passages", "split", "err
 CORPUS_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
 
 SPLITS = ("t1", "t2", "test")
+
+
+def check_splits(splits: list[str]) -> None:
+    """Refuse an empty list of splits or a name that is not one of :data:`SPLITS`."""
+    if not splits:
+        raise ConfigError(f"splits must name at least one of {list(SPLITS)}")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ConfigError(f"unknown split(s) {unknown}; splits are {list(SPLITS)}")
 
 
 def make_record(

@@ -4,58 +4,41 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 
-from rac.config import ActorPoolConfig, ConfigError, field_help
-from rac.data.schema import SPLITS
+from rac.config import ActorPoolConfig, ConfigError, field_help, nested
+from rac.data.schema import SPLITS, check_splits
+from rac.models.factory import Device, Dtype, device_field, dtype_field
+from rac.models.generation import check_lengths, max_new_tokens_field, max_prompt_tokens_field
 
 
 @dataclass
 class SamplingParams:
-    """How each token is drawn from the chosen model's distribution.
+    """How each token of a negative is drawn (Eq. 3): which model, then which token."""
 
-    Parameters
-    ----------
-    alpha
-        Probability that a token comes from the ungrounded model (a_t ~ Bernoulli(alpha)).
-    temperature
-        Softmax temperature (> 0), applied before top-k and top-p.
-    top_k
-        Keep the k most likely tokens (0: no limit).
-    top_p
-        Keep the smallest set of most likely tokens whose mass reaches top_p (1: no limit).
-    max_new_tokens
-        Tokens generated at most per row.
-    do_sample
-        False: take the argmax of the chosen model (temperature, top-k, top-p unused); the
-        Bernoulli draw still decides which model.
-    stop_at_question
-        Stop a row after the token that ends its first question ('?').
-    ignore_eos
-        Keep generating past the end-of-sequence token (for benchmarks of fixed length).
-    """
-
-    alpha: float = 0.5
-    temperature: float = 0.7
-    top_k: int = 50
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-    do_sample: bool = True
-    stop_at_question: bool = True
-    ignore_eos: bool = False
+    alpha: float = field_help(0.5, help="Mixing rate: probability that a token comes from the ungrounded model "
+                                        "(a_t ~ Bernoulli(alpha)). 0 gives grounded questions, 1 ungrounded ones.")
+    temperature: float = field_help(0.7, help="Softmax temperature (> 0), applied before top-k and top-p.")
+    top_k: int = field_help(50, help="Sample among the k most likely tokens (0: no limit).")
+    top_p: float = field_help(1.0, help="Nucleus sampling mass in (0, 1] (1: off).")
+    max_new_tokens: int = max_new_tokens_field()
+    do_sample: bool = field_help(True, help="False: argmax of the chosen model at each step (temperature, top-k "
+                                            "and top-p unused); the Bernoulli draw still picks the model.")
+    stop_at_question: bool = field_help(True, help="End a negative after the token that ends its first question "
+                                                   "('?').")
+    ignore_eos: bool = field_help(False, help="Keep generating past the end-of-sequence token (benchmarks of "
+                                              "fixed length).")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}; for argmax decoding set "
-                             f"do_sample: false")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}; for argmax decoding set "
+                              f"do_sample: false")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_lengths(max_new_tokens=self.max_new_tokens)
 
 
 @dataclass
@@ -76,24 +59,15 @@ class NegativesConfig:
     ungrounded_model: str = field_help(
         "outputs/train/ungrounded/model", help="p_uncond: model directory of the ungrounded SFT model (query only). "
                                        "It must share the grounded model's tokenizer.")
-    alpha: float = field_help(0.5, help="Mixing rate: probability that a token comes from the ungrounded model. "
-                                        "0 gives grounded questions, 1 ungrounded ones.")
-    temperature: float = field_help(0.7, help="Sampling temperature (> 0).")
-    top_k: int = field_help(50, help="Sample among the k most likely tokens (0: no limit).")
-    top_p: float = field_help(1.0, help="Nucleus sampling mass in (0, 1] (1: off).")
-    do_sample: bool = field_help(True, help="False: argmax of the chosen model at each step (for checks).")
-    max_new_tokens: int = field_help(32, help="Tokens generated at most per question.")
-    max_prompt_tokens: int = field_help(
-        512, help="Token budget of each prompt; passages are trimmed to fit (rac.models.build_prompt).")
-    stop_at_question: bool = field_help(True, help="End a negative after its first question mark.")
+    sampling: SamplingParams = nested(SamplingParams, "How each token is drawn: the mixing rate alpha and the "
+                                                      "sampling settings.")
+    max_prompt_tokens: int = max_prompt_tokens_field()
     retry_failed: bool = field_help(
         True, help="A rerun into the same output_dir decodes again the rows whose decoding raised "
                    "('generation failed: ...'); rows with input errors are kept as they are.")
     seed: int = field_help(0, help="Base seed; each row's seed is derived from it and the row id (SHA-256).")
-    dtype: Literal["float32", "bfloat16", "float16"] = field_help(
-        "float32", help="Weights dtype (float32 on CPU; bfloat16 on recent GPUs).")
-    device: Literal["auto", "cpu", "cuda"] = field_help(
-        "auto", help="auto: cuda when pool.num_gpus > 0 and a GPU is visible, else cpu.")
+    dtype: Dtype = dtype_field()
+    device: Device = device_field()
     hash_weights: bool = field_help(True, help="Fingerprint the weights files (SHA-256) in the model revisions; "
                                                "false: use their sizes (faster on huge models).")
     pool: ActorPoolConfig = dataclasses.field(
@@ -102,19 +76,5 @@ class NegativesConfig:
                           "holds both models."})
 
     def __post_init__(self) -> None:
-        try:
-            self.sampling_params()  # the sampling settings are checked where they are defined
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if self.max_prompt_tokens < 16:
-            raise ConfigError(f"max_prompt_tokens must be at least 16, got {self.max_prompt_tokens}")
-        if not self.splits:
-            raise ConfigError(f"splits must name at least one of {list(SPLITS)}")
-        unknown = [s for s in self.splits if s not in SPLITS]
-        if unknown:
-            raise ConfigError(f"unknown split(s) {unknown}; splits are {list(SPLITS)}")
-
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(alpha=self.alpha, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
-                              stop_at_question=self.stop_at_question)
+        check_lengths(max_prompt_tokens=self.max_prompt_tokens)
+        check_splits(self.splits)

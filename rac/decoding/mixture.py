@@ -35,6 +35,8 @@ from typing import Any
 import torch
 
 from rac.decoding.config import SamplingParams
+from rac.models.generation import left_pad
+from rac.models.prompts import prompt_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -228,9 +230,9 @@ class MixtureDecoder:
         return torch.tensor(["?" in t for t in texts], dtype=torch.bool, device=self.device)
 
     def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        self.tokenizer.padding_side = "left"
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        """Left-padded ids of the prompts, encoded as training encoded them."""
+        ids = [prompt_token_ids(self.tokenizer, p) for p in prompts]
+        return left_pad(ids, self.tokenizer.pad_token_id, self.device)
 
     def _uniforms(self, seeds: Sequence[int]) -> torch.Tensor:
         """``(batch, max_new_tokens, 2)``: per row and step, one uniform for a_t, one for the token.

@@ -1,4 +1,4 @@
-"""The two models of mixture decoding: loading, the shared-tokenizer check, revisions."""
+"""The two models of mixture decoding: the shared-tokenizer check and their revisions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError
-from rac.models.factory import load_causal_lm  # noqa: F401 - the loader of both models, re-exported here
 
 logger = logging.getLogger(__name__)
 
@@ -19,15 +18,6 @@ SPECIAL_TOKEN_ATTRS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_
 
 class TokenizerMismatchError(ConfigError):
     """The grounded and ungrounded models do not share one tokenizer."""
-
-
-def check_model_dir(path: str | Path, key: str) -> Path:
-    """Fail fast when ``path`` is not a Hugging Face model directory."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{key} {path} is not a Hugging Face model directory (no config.json); "
-                                f"train it first or point {key} at a saved model")
-    return path
 
 
 def _special_tokens(tokenizer: Any) -> dict[str, tuple[str, int] | None]:
@@ -102,16 +92,4 @@ def model_revision(path: str | Path, hash_weights: bool = True) -> str:
         else:
             h.update(str(file.stat().st_size).encode())
     return f"{path}@{h.hexdigest()[:12]}"
-
-
-def resolve_device(device: str, num_gpus: float) -> str:
-    """``cuda`` when asked for (or ``auto`` with GPUs reserved and one visible), else ``cpu``."""
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device is 'cuda' but no GPU is visible to this actor; set pool.num_gpus > 0 "
-                           "on a GPU node, or device: cpu")
-    if device == "auto":
-        return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-    return device
 

@@ -10,8 +10,10 @@ out exactly once, with its negative or with an ``error``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +24,26 @@ from rac.config import write_run_info
 from rac.data.schema import PASSAGE_TYPE
 from rac.decoding.config import NegativesConfig
 from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
-from rac.decoding.models import (
-    check_model_dir,
-    check_same_tokenizer,
-    load_causal_lm,
-    model_revision,
-    resolve_device,
+from rac.decoding.models import check_same_tokenizer, model_revision
+from rac.models.factory import check_model_dir, load_causal_lm, resolve_device
+from rac.models.generation import GENERATION_FAILURE
+from rac.parts import (
+    PartWriter,
+    check_params,
+    clear_parts,
+    drop_error_rows,
+    read_parts,
+    read_stage_output,
+    table_digest,
+    written_ids,
 )
-from rac.parts import PartWriter, check_params, clear_parts, drop_error_rows, read_parts, table_digest, written_ids
 from rac.retrieval.stage import read_retrieved
+from rac.rows import batch_then_rows, row_error
 
 logger = logging.getLogger(__name__)
 
 #: Folder of ``output_dir`` holding the Parquet parts.
 NEGATIVES_DIR = "negatives"
-#: Prefix of the error of a row whose decoding raised (not bad input).
-GENERATION_FAILURE = "generation failed: "
 
 NEGATIVES_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -64,8 +70,6 @@ NEGATIVES_SCHEMA = NEGATIVES_SCHEMA.with_metadata({
                   "0 = from grounded_model (p_theta0)",
     "mixing_rate": "realised share of ungrounded tokens, mean(provenance)",
 })
-
-INPUT_COLUMNS = ("id", "query", "question", "passages", "split", "error")
 
 
 def input_error(row: dict[str, Any]) -> str | None:
@@ -101,7 +105,7 @@ class NegativesBatch:
         self.tokenizer = load_tokenizer(cfg.grounded_model)
         self.decoder = MixtureDecoder(load_causal_lm(cfg.grounded_model, cfg.dtype, device),
                                       load_causal_lm(cfg.ungrounded_model, cfg.dtype, device),
-                                      self.tokenizer, cfg.sampling_params())
+                                      self.tokenizer, cfg.sampling)
         logger.info("negatives actor ready on %s", device)
 
     def _prompts(self, row: dict[str, Any]) -> tuple[str, str, int] | str:
@@ -118,16 +122,9 @@ class NegativesBatch:
             return f"no passage fits the prompt budget of max_prompt_tokens={self.cfg.max_prompt_tokens}"
         return grounded.text, ungrounded.text, grounded.passages_used
 
-    def _decode(self, todo: list[tuple[int, str, str, int]]) -> dict[int, MixtureSample | str]:
-        """Decode the rows together; if that raises, row by row, so one bad row fails alone."""
-        try:
-            samples = self.decoder.generate([t[1] for t in todo], [t[2] for t in todo], [t[3] for t in todo])
-            return {t[0]: s for t, s in zip(todo, samples, strict=True)}
-        except Exception as e:  # noqa: BLE001 - recorded on the rows, never kills the run
-            if len(todo) == 1:
-                return {todo[0][0]: f"{GENERATION_FAILURE}{type(e).__name__}: {e}"}
-            logger.warning("batch of %d failed (%s: %s); retrying row by row", len(todo), type(e).__name__, e)
-            return {k: v for t in todo for k, v in self._decode([t]).items()}
+    def _decode(self, rows: list[tuple[str, str, int]]) -> list[MixtureSample]:
+        """Mixture samples of ``(grounded prompt, ungrounded prompt, seed)`` rows, decoded together."""
+        return self.decoder.generate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -138,8 +135,9 @@ class NegativesBatch:
             out.append({"id": row["id"], "query": row.get("query"), "passages": row.get("passages"),
                         "passages_used": None, "chosen": row.get("question"), "rejected": None,
                         "rejected_token_ids": None, "provenance": None, "mixing_rate": None, "finish_reason": None,
-                        "alpha": self.cfg.alpha, "seed": seed, **self.revisions, "topic_id": row.get("topic_id"),
-                        "facet_id": row.get("facet_id"), "split": row.get("split"), "error": input_error(row)})
+                        "alpha": self.cfg.sampling.alpha, "seed": seed, **self.revisions,
+                        "topic_id": row.get("topic_id"), "facet_id": row.get("facet_id"), "split": row.get("split"),
+                        "error": input_error(row)})
             if out[-1]["error"] is None:
                 prompts = self._prompts(row)
                 if isinstance(prompts, str):
@@ -147,31 +145,38 @@ class NegativesBatch:
                 else:
                     out[-1]["passages_used"] = prompts[2]
                     todo.append((i, prompts[0], prompts[1], seed))
-        if todo:
-            for i, sample in self._decode(todo).items():
-                if isinstance(sample, str):
-                    out[i]["error"] = sample
-                else:
-                    out[i].update(rejected=sample.text, rejected_token_ids=sample.token_ids,
-                                  provenance=sample.provenance, mixing_rate=sample.mixing_rate,
-                                  finish_reason=sample.finish_reason)
+        samples = batch_then_rows(self._decode, [t[1:] for t in todo]) if todo else []
+        for (i, *_), sample in zip(todo, samples, strict=True):
+            if isinstance(sample, Exception):
+                out[i]["error"] = row_error(GENERATION_FAILURE, sample)
+            else:
+                out[i].update(rejected=sample.text, rejected_token_ids=sample.token_ids,
+                              provenance=sample.provenance, mixing_rate=sample.mixing_rate,
+                              finish_reason=sample.finish_reason)
         return pa.Table.from_pylist(out, schema=NEGATIVES_SCHEMA)
 
 
 # ----------------------------------------------------------------------------- input and output
 
 
-def read_negatives(output_dir: str | Path) -> pa.Table:
-    """The pairs a negatives run wrote (:data:`NEGATIVES_SCHEMA`), sorted by id."""
-    table = read_parts(Path(output_dir) / NEGATIVES_DIR, schema=NEGATIVES_SCHEMA)
-    return NEGATIVES_SCHEMA.empty_table() if table is None else table.sort_by("id")
+def read_negatives(output_dir: str | Path, columns: Sequence[str] = tuple(NEGATIVES_SCHEMA.names)) -> pa.Table:
+    """The pairs a negatives run wrote (:data:`NEGATIVES_SCHEMA`), sorted by id.
+
+    ``output_dir`` is the run's output directory or its ``negatives/`` folder of parts. Raises
+    ``FileNotFoundError`` when there are none, and :class:`~rac.data.loaders.DataFormatError`
+    when ``columns`` are missing (:func:`rac.parts.read_stage_output`).
+    """
+    table, _ = read_stage_output(
+        output_dir, NEGATIVES_DIR, columns, absent=f"run `python -m jobs.generate_negatives --output_dir "
+                                                   f"{output_dir}` first or point at its output_dir",
+        expected="the negatives stage's rows (rac.decoding.stage.NEGATIVES_SCHEMA)")
+    return table.sort_by("id")
 
 
 def _run_params(cfg: NegativesConfig, revisions: dict[str, str], table: pa.Table) -> dict[str, Any]:
     """What makes a negative what it is; parts from different params must not be mixed."""
-    keys = ("alpha", "temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "max_prompt_tokens",
-            "stop_at_question", "seed")
-    params: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
+    params: dict[str, Any] = {**dataclasses.asdict(cfg.sampling), "max_prompt_tokens": cfg.max_prompt_tokens,
+                              "seed": cfg.seed}
     # The weights digest, not the path: moving a model does not change its negatives.
     params.update({f"{k}_digest": v.rsplit("@", 1)[-1] for k, v in revisions.items()})
     params["input_digest"] = table_digest(table, ["id", "query", "question", "passages"])
@@ -208,12 +213,13 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
     """
     import ray
 
-    check_model_dir(cfg.grounded_model, "grounded_model")
-    check_model_dir(cfg.ungrounded_model, "ungrounded_model")
+    for key in ("grounded_model", "ungrounded_model"):
+        check_model_dir(getattr(cfg, key), key, f"train it first (jobs.train_sft exports <output_dir>/model) or "
+                                                f"point {key} at a saved model")
     check_same_tokenizer(cfg.grounded_model, cfg.ungrounded_model)
     revisions = {"grounded_model": model_revision(cfg.grounded_model, cfg.hash_weights),
                  "ungrounded_model": model_revision(cfg.ungrounded_model, cfg.hash_weights)}
-    table = read_retrieved(cfg.input_dir, cfg.splits, INPUT_COLUMNS)
+    table = read_retrieved(cfg.input_dir, cfg.splits)
 
     out = Path(cfg.output_dir)
     parts_dir = out / NEGATIVES_DIR
@@ -240,7 +246,8 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
             writer.write(part)
             logger.info("negatives: %d/%d rows written", writer.rows, len(todo_rows))
 
-    written = read_negatives(out)
+    written = read_parts(parts_dir, schema=NEGATIVES_SCHEMA)
+    written = NEGATIVES_SCHEMA.empty_table() if written is None else written.sort_by("id")
     written = written.filter(pc.is_in(written.column("id"), value_set=pa.array(ids, type=pa.string())))
     written_list = written.column("id").to_pylist()
     if len(written_list) != len(set(written_list)) or set(written_list) != set(ids):
@@ -255,7 +262,7 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
         "rows_in": len(ids), "skipped": len(ids) - len(todo_rows), "generated": len(todo_rows), "retried": retried,
         "with_negative": len(ids) - len(errors), "error_rows": len(errors),
         "generation_failures": sum(e["error"].startswith(GENERATION_FAILURE) for e in errors),
-        "alpha": cfg.alpha, "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None,
+        "alpha": cfg.sampling.alpha, "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None,
         **revisions,
     }
     write_run_info(out, "generate_negatives", cfg, summary=summary)

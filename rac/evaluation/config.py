@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rac.config import ActorPoolConfig, ConfigError, field_help
-from rac.data.schema import SPLITS
+from rac.data.schema import SPLITS, check_splits
+from rac.models.factory import Device, Dtype, device_field, dtype_field
+from rac.models.generation import check_lengths, max_new_tokens_field, max_prompt_tokens_field
 
 #: A system name becomes a file name and a table column: keep it plain.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -60,14 +62,11 @@ class EvaluateConfig:
         metadata={"help": "Models to evaluate, each {name, path, prompt}: by default grounded SFT (p_theta0), "
                           "ungrounded SFT (p_uncond, query-only prompt) and RAC. [] with negatives_dirs: only the "
                           "mixture analysis."})
-    max_new_tokens: int = field_help(32, help="Tokens generated at most per question (greedy decoding).")
-    max_prompt_tokens: int = field_help(
-        512, help="Token budget of each prompt; passages are trimmed to fit (rac.models.build_prompt).")
+    max_new_tokens: int = max_new_tokens_field()
+    max_prompt_tokens: int = max_prompt_tokens_field()
     stop_at_question: bool = field_help(True, help="Cut each generated question after its first '?' or line.")
-    dtype: Literal["float32", "bfloat16", "float16"] = field_help(
-        "float32", help="Weights dtype of every model loaded (float32 on CPU).")
-    device: Literal["auto", "cpu", "cuda"] = field_help(
-        "auto", help="auto: cuda when the pool reserves GPUs and one is visible, else cpu.")
+    dtype: Dtype = dtype_field()
+    device: Device = device_field()
     nli_model: str | None = field_help(
         None, help="Local Hugging Face sequence-classification (NLI) model directory whose config's label2id "
                    "names an 'entailment' label. Unset: the entailment score is reported as 'not configured'.")
@@ -97,11 +96,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         # Callers building the config in code (dataclasses.replace) may give systems as mappings.
         self.systems = [s if isinstance(s, SystemConfig) else SystemConfig(**s) for s in self.systems]
-        if not self.splits:
-            raise ConfigError(f"splits must name at least one of {list(SPLITS)}")
-        unknown = [s for s in self.splits if s not in SPLITS]
-        if unknown:
-            raise ConfigError(f"unknown split(s) {unknown}; splits are {list(SPLITS)}")
+        check_splits(self.splits)
         if not self.systems and not self.negatives_dirs:
             raise ConfigError("nothing to evaluate: list at least one entry in systems (name, path) or give "
                               "negatives_dirs (alpha -> negatives output_dir)")
@@ -109,10 +104,7 @@ class EvaluateConfig:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"system names must be unique; {duplicates} appear more than once")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.max_prompt_tokens < 16:
-            raise ConfigError(f"max_prompt_tokens must be at least 16, got {self.max_prompt_tokens}")
+        check_lengths(self.max_new_tokens, self.max_prompt_tokens)
         if self.nli_max_length < 16:
             raise ConfigError(f"nli_max_length must be at least 16, got {self.nli_max_length}")
         if self.bootstrap_samples < 100:

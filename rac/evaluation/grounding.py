@@ -74,8 +74,10 @@ tell specific specifically particular kind kinds type types sort please thinking
 STOPWORDS = FUNCTION_WORDS | QUESTION_SCAFFOLD
 
 
-def tokenize(text: str | None) -> list[str]:
-    """NFKC-normalised, case-folded ``\\w+`` tokens of ``text`` (Unicode-aware)."""
+def metric_words(text: str | None) -> list[str]:
+    """The words the lexical metrics compare (ROUGE-L, METEOR, PARENT): NFKC-normalised,
+    case-folded ``\\w+`` tokens of ``text`` (Unicode-aware; not the retrieval analyzer,
+    :func:`rac.retrieval.base.bm25_terms`, which joins words across apostrophes and periods)."""
     if not text:
         return []
     return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
@@ -83,7 +85,7 @@ def tokenize(text: str | None) -> list[str]:
 
 def content_tokens(text: str | None) -> list[str]:
     """The tokens of ``text`` that are not in :data:`STOPWORDS`, in order."""
-    return [t for t in tokenize(text) if t not in STOPWORDS]
+    return [t for t in metric_words(text) if t not in STOPWORDS]
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter[tuple[str, ...]]:

@@ -20,7 +20,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from rac.evaluation.grounding import tokenize
+from rac.evaluation.grounding import metric_words
 
 NOT_AVAILABLE_OFFLINE = "not available offline"
 
@@ -46,7 +46,7 @@ def rouge_l(prediction: str, reference: str) -> dict[str, float]:
     dict[str, float]
         ``precision``, ``recall``, ``f1`` in [0, 1]; all 0 when either side has no token.
     """
-    hyp, ref = tokenize(prediction), tokenize(reference)
+    hyp, ref = metric_words(prediction), metric_words(reference)
     lcs = lcs_length(hyp, ref)
     if lcs == 0:
         return {"precision": 0.0, "recall": 0.0, "f1": 0.0}
@@ -107,7 +107,7 @@ def meteor_exact(prediction: str, reference: str) -> float:
     """METEOR with exact matches only (no stemming, no synonyms), in [0, 1]; see the module docstring."""
     from nltk.translate.meteor_score import single_meteor_score
 
-    hyp, ref = tokenize(prediction), tokenize(reference)
+    hyp, ref = metric_words(prediction), metric_words(reference)
     return float(single_meteor_score(ref, hyp, preprocess=str, stemmer=_NoStemmer(), wordnet=_NoSynonyms()))
 
 
@@ -118,7 +118,8 @@ def meteor(prediction: str, reference: str) -> float | str:
     from nltk.corpus import wordnet
     from nltk.translate.meteor_score import single_meteor_score
 
-    return float(single_meteor_score(tokenize(reference), tokenize(prediction), preprocess=str, wordnet=wordnet))
+    return float(single_meteor_score(metric_words(reference), metric_words(prediction), preprocess=str,
+                                     wordnet=wordnet))
 
 
 def reference_scores(prediction: str, reference: str | None) -> dict[str, float | str | None]:

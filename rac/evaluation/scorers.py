@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError
+from rac.models.factory import check_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +97,6 @@ def presupposition(question: str) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-def resolve_device(device: str, num_gpus: float) -> str:
-    """``auto`` is cuda when the pool reserves GPUs and one is visible, else cpu."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-
-
 def _torch_dtype(dtype: str) -> Any:
     import torch
 
@@ -136,12 +128,9 @@ def entailment_index(label2id: dict[str, int] | None, where: str = "the NLI mode
 
 def check_nli_model(path: str | Path) -> int:
     """Fail fast in the driver: a sequence-classification directory with an entailment label."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"nli_model {path} is not a Hugging Face model directory (no config.json); point it at a "
-                          f"local sequence-classification (NLI) model, or unset it")
-    return entailment_index(json.loads(config_file.read_text()).get("label2id"), f"nli_model {path}")
+    path = check_model_dir(path, "nli_model", "point it at a local sequence-classification (NLI) model, or "
+                                              "unset it")
+    return entailment_index(json.loads((path / "config.json").read_text()).get("label2id"), f"nli_model {path}")
 
 
 class EntailmentScorer:

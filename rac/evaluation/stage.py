@@ -38,23 +38,19 @@ from rac.evaluation.scorers import (
     SemanticSupportScorer,
     check_nli_model,
     passage_texts,
-    resolve_device,
     resolve_embedding_model,
 )
+from rac.models.factory import check_model_dir, resolve_device
+from rac.models.generation import GENERATION_FAILURE, greedy_generate
 from rac.models.prompts import prompt_token_ids, question_from_text
 from rac.parts import read_stage_output
-from rac.retrieval.stage import read_retrieved
+from rac.retrieval.stage import RETRIEVED_COLUMNS, read_retrieved
+from rac.rows import batch_then_rows, row_error
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_DIR = "predictions"
 MIXTURES_FILE = "mixtures.parquet"
-#: Folder of a negatives output_dir holding its Parquet parts (rac.decoding.stage.NEGATIVES_DIR).
-NEGATIVES_DIR = "negatives"
-#: Prefix of the error of a row whose generation raised (not bad input).
-GENERATION_FAILURE = "generation failed: "
-
-INPUT_COLUMNS = ("id", "query", "question", "passages", "split", "error")
 NEGATIVES_COLUMNS = ("id", "query", "passages", "chosen", "rejected", "provenance", "mixing_rate", "alpha", "error")
 
 GENERATION_SCHEMA = pa.schema([
@@ -134,30 +130,9 @@ class GenerateBatch:
         return prompt_token_ids(self.tokenizer, prompt.text), prompt.passages_used
 
     def generate(self, prompts: list[list[int]]) -> list[str]:
-        """Greedy continuations of left-padded prompt ids (so every row's last token is at the edge)."""
-        import torch
-
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        with torch.no_grad():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                      max_new_tokens=self.cfg.max_new_tokens, pad_token_id=pad,
-                                      eos_token_id=self.tokenizer.eos_token_id, temperature=None, top_p=None,
-                                      top_k=None)
-        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        """Greedy questions of prompt ids, generated together."""
+        texts = greedy_generate(self.model, self.tokenizer, prompts, self.cfg.max_new_tokens)
         return [clean_question(t, self.cfg.stop_at_question) for t in texts]
-
-    def _generate_rows(self, todo: list[tuple[int, list[int]]]) -> dict[int, str | Exception]:
-        """Generate together; if that raises, row by row, so that one bad row fails alone."""
-        try:
-            return dict(zip([t[0] for t in todo], self.generate([t[1] for t in todo]), strict=True))
-        except Exception as e:  # noqa: BLE001 - recorded on the rows, never kills the run
-            if len(todo) == 1:
-                return {todo[0][0]: e}
-            logger.warning("batch of %d failed (%s: %s); retrying row by row", len(todo), type(e).__name__, e)
-            return {k: v for t in todo for k, v in self._generate_rows([t]).items()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -173,12 +148,12 @@ class GenerateBatch:
                 else:
                     out[-1]["passages_used"] = prompt[1]
                     todo.append((i, prompt[0]))
-        if todo:
-            for i, result in self._generate_rows(todo).items():
-                if isinstance(result, Exception):
-                    out[i]["error"] = f"{GENERATION_FAILURE}{type(result).__name__}: {result}"
-                else:
-                    out[i]["prediction"] = result
+        results = batch_then_rows(self.generate, [t[1] for t in todo]) if todo else []
+        for (i, _), result in zip(todo, results, strict=True):
+            if isinstance(result, Exception):
+                out[i]["error"] = row_error(GENERATION_FAILURE, result)
+            else:
+                out[i]["prediction"] = result
         return pa.Table.from_pylist(out, schema=GENERATION_SCHEMA)
 
 
@@ -233,26 +208,24 @@ class ScoreBatch:
         self.support = SemanticSupportScorer(embedding_dir, device, cfg.dtype) if embedding_dir else None
         self.fluency = FluencyScorer(cfg.fluency_model, device, cfg.dtype) if cfg.fluency_model else None
 
-    def _score(self, texts: list[str], passages: list[Any]) -> dict[str, list[Any]]:
-        n = len(texts)
-        return {"entailment": self.entailment.score(texts, passages) if self.entailment else [None] * n,
-                "semantic_support": self.support.score(texts, passages) if self.support else [None] * n,
-                "fluency": self.fluency.score(texts) if self.fluency else [None] * n}
+    def _score(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        """``{entailment, semantic_support, fluency}`` of each ``(text, passages)``, scored together."""
+        texts, passages = [t for t, _ in items], [p for _, p in items]
+        none = [None] * len(items)
+        scores = {"entailment": self.entailment.score(texts, passages) if self.entailment else none,
+                  "semantic_support": self.support.score(texts, passages) if self.support else none,
+                  "fluency": self.fluency.score(texts) if self.fluency else none}
+        return [{k: v[i] for k, v in scores.items()} for i in range(len(items))]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        keys = batch.column("key").to_pylist()
-        texts = batch.column("text").to_pylist()
-        passages = batch.column("passages").to_pylist()
-        try:
-            scores = self._score(texts, passages)
-            scores["score_error"] = [None] * len(keys)
-        except Exception as e:  # noqa: BLE001 - one bad row must not lose the batch
-            if len(keys) == 1:
-                scores = {"entailment": [None], "semantic_support": [None], "fluency": [None],
-                          "score_error": [f"scoring failed: {type(e).__name__}: {e}"]}
-            else:
-                return pa.concat_tables([self(batch.slice(i, 1)) for i in range(batch.num_rows)])
-        return pa.table({"key": keys, **scores}, schema=SCORE_SCHEMA)
+        items = list(zip(batch.column("text").to_pylist(), batch.column("passages").to_pylist(), strict=True))
+        rows = []
+        for key, result in zip(batch.column("key").to_pylist(), batch_then_rows(self._score, items), strict=True):
+            if isinstance(result, Exception):
+                result = {"entailment": None, "semantic_support": None, "fluency": None,
+                          "score_error": row_error("scoring failed: ", result)}
+            rows.append({"key": key, "score_error": None, **result})
+        return pa.Table.from_pylist(rows, schema=SCORE_SCHEMA)
 
 
 def score_key(text: str, passages: Any) -> str:
@@ -287,9 +260,12 @@ def run_model_scores(items: dict[str, tuple[str, Any]], cfg: EvaluateConfig,
 
 def read_mixture_rows(alpha: float, output_dir: str | Path) -> list[dict[str, Any]]:
     """The T2 pairs a negatives run at mixing rate ``alpha`` wrote (its ``negatives/`` parts)."""
+    from rac.decoding.stage import NEGATIVES_DIR
+
     table, _ = read_stage_output(
         output_dir, NEGATIVES_DIR, NEGATIVES_COLUMNS, expected="the negatives stage's rows",
-        absent=f"negatives_dirs[{alpha}]: run `python -m jobs.generate_negatives --alpha {alpha}` into {output_dir}")
+        absent=f"negatives_dirs[{alpha}]: run `python -m jobs.generate_negatives --sampling.alpha {alpha} "
+               f"--output_dir {output_dir}`")
     rows = table.select(list(NEGATIVES_COLUMNS)).sort_by("id").to_pylist()
     stated = {r["alpha"] for r in rows if r["alpha"] is not None}
     if stated and any(abs(a - alpha) > 1e-9 for a in stated):
@@ -301,14 +277,12 @@ def read_mixture_rows(alpha: float, output_dir: str | Path) -> list[dict[str, An
 def check_inputs(cfg: EvaluateConfig) -> Path | None:
     """Fail fast in the driver, before any actor starts; returns the embedding model directory."""
     for system in cfg.systems:
-        if not (Path(system.path) / "config.json").is_file():
-            raise FileNotFoundError(f"system {system.name}: {system.path} is not a Hugging Face model directory "
-                                    f"(no config.json); train it first or fix systems[].path")
+        check_model_dir(system.path, f"systems[{system.name}].path", "train that model first or fix its path")
     if cfg.nli_model:
         check_nli_model(cfg.nli_model)
-    if cfg.fluency_model and not (Path(cfg.fluency_model) / "config.json").is_file():
-        raise FileNotFoundError(f"fluency_model {cfg.fluency_model} is not a Hugging Face model directory (no "
-                                f"config.json); run `python -m jobs.prepare_model` or unset fluency_model")
+    if cfg.fluency_model:
+        check_model_dir(cfg.fluency_model, "fluency_model", "run `python -m jobs.prepare_model` or unset "
+                                                             "fluency_model")
     embedding_dir = resolve_embedding_model(cfg.embedding_model)
     if cfg.embedding_model and embedding_dir is None:
         logger.warning("embedding_model %s is neither a model directory nor an installed package that ships one "
@@ -414,8 +388,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from rac.evaluation.report import build_report, write_markdown, write_plots
 
     embedding_dir = check_inputs(cfg)
-    rows = read_retrieved(cfg.input_dir, cfg.splits, INPUT_COLUMNS).select(list(INPUT_COLUMNS)) if cfg.systems \
-        else None
+    rows = read_retrieved(cfg.input_dir, cfg.splits).select(list(RETRIEVED_COLUMNS)) if cfg.systems else None
     mixture_rows = [_mixture_row(alpha, r) for alpha, d in cfg.alpha_dirs() for r in read_mixture_rows(alpha, d)]
     out = Path(cfg.output_dir)
     # Outputs of an earlier run (another set of systems) must not mix with this run's.

@@ -1,6 +1,14 @@
-"""Models and prompts: the model factory and the grounded/ungrounded prompts."""
+"""Models and prompts: the model factory, the grounded/ungrounded prompts, greedy generation."""
 
-from rac.models.factory import LoraConfig, ModelConfig, load_model, load_tokenizer
+from rac.models.factory import (
+    LoraConfig,
+    ModelConfig,
+    ModelDirError,
+    check_model_dir,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from rac.models.prompts import (
     Prompt,
     PromptTooLongError,
@@ -10,5 +18,6 @@ from rac.models.prompts import (
     question_from_text,
 )
 
-__all__ = ["LoraConfig", "ModelConfig", "Prompt", "PromptTooLongError", "build_prompt", "completion_text",
-           "load_model", "load_tokenizer", "prompt_token_ids", "question_from_text"]
+__all__ = ["LoraConfig", "ModelConfig", "ModelDirError", "Prompt", "PromptTooLongError", "build_prompt",
+           "check_model_dir", "completion_text", "load_model", "load_tokenizer", "prompt_token_ids",
+           "question_from_text", "resolve_device"]

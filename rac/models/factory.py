@@ -12,6 +12,23 @@ from rac.config import ConfigError, field_help, nested
 logger = logging.getLogger(__name__)
 
 
+#: The dtypes a model's weights may be loaded in.
+Dtype = Literal["float32", "bfloat16", "float16"]
+#: The torch devices an actor may run a model on (``auto``: see :func:`resolve_device`).
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def dtype_field() -> Any:
+    """The config field of a model's weights dtype (:data:`Dtype`)."""
+    return field_help("float32", help="Weights dtype (float32 on CPU; bfloat16 on recent GPUs).")
+
+
+def device_field() -> Any:
+    """The config field of the device an actor pool's models run on (:data:`Device`)."""
+    return field_help("auto", help="auto: cuda when the actor pool reserves GPUs (num_gpus > 0) and one is "
+                                   "visible, else cpu.")
+
+
 @dataclass
 class LoraConfig:
     """Optional LoRA adapters (PEFT) instead of full fine-tuning."""
@@ -41,10 +58,51 @@ class ModelConfig:
     lora: LoraConfig = nested(LoraConfig, "LoRA adapters.")
 
     def check_exists(self) -> None:
-        path = Path(self.path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path {self.path} is not a Hugging Face model directory (no config.json); "
-                              f"run `python -m jobs.prepare_model` or point model.path at an exported model")
+        check_model_dir(self.path, "model.path", "run `python -m jobs.prepare_model` or point model.path at an "
+                                                 "exported model")
+
+
+class ModelDirError(ConfigError):
+    """A path that should hold a Hugging Face model does not."""
+
+
+def check_model_dir(path: str | Path, key: str, hint: str) -> Path:
+    """``path`` when it holds a Hugging Face model (a ``config.json``).
+
+    Parameters
+    ----------
+    path
+        The model directory.
+    key
+        The config key that gave it (``grounded_model``, ``systems[rac].path``), named in the error.
+    hint
+        What makes the model, or what to set instead (``run `make run` first``).
+
+    Raises
+    ------
+    ModelDirError
+        ``<key> <path> is not a Hugging Face model directory (no config.json); <hint>``.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelDirError(f"{key} {path} is not a Hugging Face model directory (no config.json); {hint}")
+    return path
+
+
+def resolve_device(device: str, num_gpus: float) -> str:
+    """The torch device of an actor: ``cuda`` when asked for and visible, ``auto`` as cuda when
+    the actor reserves GPUs and one is visible, else ``cpu``.
+
+    Raises :class:`ConfigError` when ``device`` is ``cuda`` and no GPU is visible.
+    """
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but no GPU is visible to this actor; set num_gpus > 0 in the actor "
+                          "pool on a GPU node, or device: cpu")
+    if device == "auto":
+        return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return device
 
 
 def resolve_dtype(dtype: str, use_gpu: bool) -> str:
@@ -83,9 +141,7 @@ def load_model(cfg: ModelConfig, path: str | Path | None = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = Path(path or cfg.path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no Hugging Face model in {path} (config.json missing)")
+    path = check_model_dir(path or cfg.path, "model.path", "point it at a saved model")
     dtype = resolve_dtype(cfg.dtype, use_gpu=torch.cuda.is_available())
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
 

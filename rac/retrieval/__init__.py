@@ -5,8 +5,8 @@ from rac.retrieval.base import (
     RetrievalError,
     Retriever,
     ServerUnavailableError,
+    bm25_terms,
     query_error,
-    tokenize,
 )
 from rac.retrieval.config import ElasticsearchConfig, IndexConfig, RetrieveConfig, RetrieverConfig
 from rac.retrieval.elasticsearch import ElasticsearchRetriever
@@ -25,6 +25,6 @@ from rac.retrieval.stage import (
 __all__ = [
     "ElasticsearchConfig", "ElasticsearchRetriever", "EmbeddedBM25Retriever", "IndexBatch", "IndexConfig",
     "IndexMissingError", "RetrievalError", "RetrieveBatch", "RetrieveConfig", "Retriever", "RetrieverConfig",
-    "ServerUnavailableError", "format_examples", "make_retriever", "query_error", "read_retrieved",
-    "retrieve_dataset", "run_index", "run_retrieve", "tokenize",
+    "ServerUnavailableError", "bm25_terms", "format_examples", "make_retriever", "query_error", "read_retrieved",
+    "retrieve_dataset", "run_index", "run_retrieve",
 ]

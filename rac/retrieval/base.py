@@ -40,8 +40,9 @@ class Retriever(Protocol):
 _TOKEN_RE = re.compile(r"\w+(?:(?:['\u2019.]|(?<=\d),(?=\d))\w+)*")
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens, as Elasticsearch's ``standard`` analyzer would give them."""
+def bm25_terms(text: str) -> list[str]:
+    """The terms BM25 indexes and searches: lower-cased word tokens, as Elasticsearch's
+    ``standard`` analyzer gives them (so both backends score the same terms)."""
     return _TOKEN_RE.findall(text.lower())
 
 
@@ -53,6 +54,6 @@ def query_error(query: Any, max_chars: int) -> str | None:
         return "empty query"
     if len(query) > max_chars:
         return f"query has {len(query)} characters, more than retriever.max_query_chars={max_chars}"
-    if not tokenize(query):
+    if not bm25_terms(query):
         return "query has no searchable words"
     return None

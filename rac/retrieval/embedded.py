@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rac.retrieval.base import Hit, IndexMissingError, tokenize
+from rac.retrieval.base import Hit, IndexMissingError, bm25_terms
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class EmbeddedBM25Retriever:
         index_dir = Path(index_dir)
         index_dir.mkdir(parents=True, exist_ok=True)
         model = bm25s.BM25(k1=k1, b=b, method="lucene", dtype="float64")
-        model.index([tokenize(p["text"]) for p in passages], show_progress=False)
+        model.index([bm25_terms(p["text"]) for p in passages], show_progress=False)
         model.save(str(index_dir / "bm25s"), show_progress=False)
         pq.write_table(pa.Table.from_pylist([{"id": p["id"], "text": p["text"]} for p in passages]),
                        index_dir / PASSAGES_FILE)
@@ -73,7 +73,7 @@ class EmbeddedBM25Retriever:
         """Elasticsearch-scale BM25 score of every passage for ``query``."""
         vocab = self.model.vocab_dict
         # A repeated query word counts once per occurrence, as in Elasticsearch's match query.
-        ids = [vocab[t] for t in tokenize(query) if t in vocab]
+        ids = [vocab[t] for t in bm25_terms(query) if t in vocab]
         if not ids:
             return np.zeros(len(self.ids))
         return self.model.get_scores_from_ids(ids) * (self.k1 + 1)

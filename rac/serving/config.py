@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rac.config import ConfigError, field_help, nested
+from rac.models.factory import Dtype, dtype_field
+from rac.models.generation import check_lengths, max_new_tokens_field, max_prompt_tokens_field
 from rac.retrieval.config import RetrieverConfig
 
 
@@ -100,9 +102,8 @@ class GeneratorConfig:
     batch_wait_timeout_s: float = field_help(
         0.01, help="Seconds a request reaching an idle model waits for company before generating alone "
                    "(while the model is busy, arrivals join the next batch anyway).")
-    max_new_tokens: int = field_help(32, help="Tokens generated per question unless the request asks otherwise.")
-    max_prompt_tokens: int = field_help(
-        512, help="Token budget of the prompt; passages are trimmed to fit (rac.models.prompts.build_prompt).")
+    max_new_tokens: int = max_new_tokens_field()
+    max_prompt_tokens: int = max_prompt_tokens_field()
     torch_threads: int | None = field_help(
         None, help="torch intra-op threads per replica (None: what Ray sets from num_cpus).")
     test_delay_s: float = field_help(
@@ -116,8 +117,7 @@ class GeneratorConfig:
             raise ConfigError(f"generator.max_batch_size must be at least 1, got {self.max_batch_size}")
         if self.batch_wait_timeout_s < 0:
             raise ConfigError(f"generator.batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
-        if self.max_new_tokens < 1 or self.max_prompt_tokens < 16:
-            raise ConfigError("generator.max_new_tokens must be >= 1 and generator.max_prompt_tokens >= 16")
+        check_lengths(self.max_new_tokens, self.max_prompt_tokens, section="generator.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"generator.torch_threads must be >= 1 or null, got {self.torch_threads}")
         if self.test_delay_s < 0:
@@ -194,12 +194,12 @@ class ServeConfig:
     """``build_app`` args: everything the clarifying-question Serve application needs."""
 
     model_path: str = field_help(
-        "outputs/models/smollm2-135m-instruct",
-        help="Hugging Face model directory (config.json + tokenizer), e.g. one a training job exported. "
-             "Relative paths are resolved against the directory serve run/deploy builds the app in.")
+        "outputs/demo/train_rac/model",
+        help="Hugging Face model directory (config.json + tokenizer) a training job exported; default: the RAC "
+             "model `make run` trains. Relative paths are resolved against the directory serve run/deploy "
+             "builds the app in.")
     model_name: str | None = field_help(None, help="Name reported in responses (None: the model directory's name).")
-    dtype: Literal["float32", "bfloat16", "float16"] = field_help(
-        "float32", help="Weights dtype (float32 on CPU; bfloat16 on recent GPUs).")
+    dtype: Dtype = dtype_field()
     retriever: RetrieverConfig = nested(RetrieverConfig, "BM25 backend (Elasticsearch when a URL is set).")
     generator: GeneratorConfig = nested(GeneratorConfig, "Generator deployment and batching.")
     ingress: IngressConfig = nested(IngressConfig, "Ingress deployment and timeouts.")

@@ -1,9 +1,9 @@
 """Batched greedy generation of clarifying questions, and the statistics of its batches.
 
 :class:`QuestionGenerator` holds one causal LM and its tokenizer and turns a list of
-prompts into questions with one left-padded ``generate`` call. Prompt token ids are those
-training used (``rac.training.data``: no special tokens, then BOS when the tokenizer adds
-one), so a served model sees the inputs it was trained on.
+prompts into questions with one left-padded greedy ``generate`` call
+(:func:`rac.models.generation.greedy_generate`, on the prompt ids training used), so a
+served model sees the inputs it was trained on.
 
 :class:`GenerationScheduler` runs those calls one at a time and, whenever the model frees
 up, merges everything that arrived meanwhile into the next call. Ray Serve's
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rac.models.generation import greedy_generate
 from rac.models.prompts import prompt_token_ids, question_from_text
 
 logger = logging.getLogger(__name__)
@@ -48,61 +49,32 @@ class QuestionGenerator:
     def __init__(self, model_path: str | Path, dtype: str = "float32", torch_threads: int | None = None):
         import torch
 
-        from rac.models.factory import load_causal_lm, load_tokenizer
+        from rac.models.factory import check_model_dir, load_causal_lm, load_tokenizer
 
-        path = Path(model_path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no Hugging Face model in {path} (config.json missing); set model_path to an "
-                                    f"exported model directory")
+        path = check_model_dir(model_path, "model_path", "set model_path to an exported model directory")
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.torch = torch
         self.tokenizer = load_tokenizer(path, padding_side="left")
         self.model = load_causal_lm(path, dtype)
-        self.device = next(self.model.parameters()).device
-        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         logger.info("generator model %s loaded (%s, %d threads)", path, dtype, torch.get_num_threads())
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of ``prompt`` as training built them."""
-        return prompt_token_ids(self.tokenizer, prompt)
-
     def generate(self, prompts: list[str], max_new_tokens: list[int] | int) -> list[str]:
-        """One question per prompt, from one batched greedy ``generate``.
+        """One question per prompt, from one batched greedy ``generate``
+        (:func:`rac.models.generation.greedy_generate`).
 
         Parameters
         ----------
         prompts
             Full prompts (``rac.models.prompts.build_prompt(...).text``).
         max_new_tokens
-            Token limit per prompt (or one for all). The batch runs to the largest; each
-            row is then cut to its own limit, which for greedy decoding is the text the row
-            would have got alone.
+            Token limit per prompt (or one for all).
 
         Returns
         -------
         The clarifying questions, in the order of ``prompts``.
         """
-        if not prompts:
-            return []
-        limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(limits) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(limits)} max_new_tokens values")
-        torch = self.torch
-        encoded = [self.prompt_ids(p) for p in prompts]
-        width = max(len(ids) for ids in encoded)
-        pad = self.tokenizer.pad_token_id
-        # Left padding: every row's last prompt token sits in the same column, where generation starts.
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded],
-                                      device=self.device)
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max(limits), do_sample=False,
-                num_beams=1, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
-        new_tokens = out[:, width:].tolist()
-        return [question_from_text(self.tokenizer.decode(row[:limit], skip_special_tokens=True))
-                for row, limit in zip(new_tokens, limits, strict=True)]
+        ids = [prompt_token_ids(self.tokenizer, p) for p in prompts]
+        return [question_from_text(t) for t in greedy_generate(self.model, self.tokenizer, ids, max_new_tokens)]
 
 
 @dataclass

@@ -21,44 +21,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from rac.config import ConfigError
 from rac.models.prompts import build_prompt, completion_text, prompt_token_ids
 
 logger = logging.getLogger(__name__)
 
 #: Subfolder of a training run's output_dir holding the tokenized datasets.
 DATA_DIR = "data"
-
-
-def read_rows(path: str | Path, columns: list[str], split: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a stage's Parquet output that have no error, sorted by id.
-
-    Raises :class:`ConfigError` naming the path and the missing column(s).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"training data {path} does not exist; run the stage that writes it first")
-    # A stage's output folder may hold JSON beside its Parquet parts: read only the parts.
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-    if not files:
-        raise ConfigError(f"training data {path} holds no Parquet files; run the stage that writes it first")
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ConfigError(f"training data {path} lacks column(s) {', '.join(missing)}; "
-                          f"it has {', '.join(table.column_names)}")
-    if split is not None and "split" in table.column_names:
-        table = table.filter(pc.equal(table.column("split"), split))
-    if "error" in table.column_names:
-        table = table.filter(pc.is_null(table.column("error")))
-    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
-    if not rows:
-        raise ConfigError(f"training data {path} has no usable rows" + (f" in split '{split}'" if split else ""))
-    return rows
 
 
 def holdout_by_topic(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:

@@ -17,7 +17,6 @@ from rac.training.data import (
     DATA_DIR,
     holdout_by_topic,
     preference_examples,
-    read_rows,
     sft_examples,
     write_dataset,
 )
@@ -44,13 +43,21 @@ def check_resources(cfg: TrainConfig) -> None:
 
 
 def training_rows(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The rows a training config reads: T2 pairs for the joint objective, else the SFT split."""
+    """The rows a training config reads, sorted by id: T2 pairs (``chosen``, ``rejected``) for
+    the joint objective, else the SFT split's questions; error rows are left out.
+
+    Raises ``FileNotFoundError`` or :class:`~rac.data.loaders.DataFormatError` as every stage reader does.
+    """
     if isinstance(cfg, RACConfig):
-        rows = read_rows(cfg.input_dir, ["id", "query", "passages", "chosen", "rejected"])
-        return [r for r in rows if r["chosen"] and r["rejected"]]
+        from rac.decoding.stage import read_negatives
+
+        rows = read_negatives(cfg.input_dir, ["id", "query", "passages", "chosen", "rejected"]).to_pylist()
+        return [r for r in rows if not r.get("error") and r["chosen"] and r["rejected"]]
     assert isinstance(cfg, SFTConfig)
-    return [r for r in read_rows(cfg.input_dir, ["id", "query", "passages", "question"], split=cfg.split)
-            if r["question"]]
+    from rac.retrieval import read_retrieved
+
+    rows = read_retrieved(cfg.input_dir, [cfg.split], ("id", "query", "passages", "question", "split")).to_pylist()
+    return [r for r in rows if not r.get("error") and r["question"]]
 
 
 def global_batch_size(cfg: TrainConfig) -> int:

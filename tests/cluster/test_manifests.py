@@ -53,7 +53,16 @@ def _job_commands():
                     yield pytest.param(command, id=f"{path.name}:{command[:40]}")
 
 
-@pytest.mark.parametrize("command", list(_job_commands()))
+JOB_COMMANDS = list(_job_commands())
+
+
+def test_job_commands_are_found():
+    # An empty parametrization is skipped, not failed: a pattern that stops matching fails here.
+    entrypoint = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())["spec"]["entrypoint"]
+    assert [entrypoint] == [param.values[0] for param in JOB_COMMANDS]
+
+
+@pytest.mark.parametrize("command", JOB_COMMANDS)
 def test_every_job_command_parses_with_its_jobs_config(command):
     # Every key and value of the command line is one the job accepts: a typo in a cluster
     # config fails here, not minutes into a cluster run.

@@ -190,3 +190,22 @@ def test_mismatched_inputs_are_refused(tokenizer, grounded_model, ungrounded_mod
     assert dec.generate([], [], []) == []
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         SamplingParams(alpha=1.5)
+
+
+def test_prompts_are_encoded_as_training_encodes_them(tokenizer, grounded_model, ungrounded_model, prompts):
+    """A tokenizer whose post-processor appends a token by default: the decoder still feeds
+    the prompt ids training used (rac.models.prompts.prompt_token_ids), so the samples match
+    those of the plain tokenizer."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    appending = copy.deepcopy(tokenizer)
+    appending.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {tokenizer.eos_token}", special_tokens=[(tokenizer.eos_token, tokenizer.eos_token_id)])
+    text = prompts[0][0]
+    assert appending(text)["input_ids"] == tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    seeds = [row_seed(0, f"row-{i}") for i in range(3)]
+    samples = [decoder(grounded_model, ungrounded_model, tok, alpha=0.5, max_new_tokens=12).generate(
+        prompts[0][:3], prompts[1][:3], seeds) for tok in (tokenizer, appending)]
+    assert [s.token_ids for s in samples[0]] == [s.token_ids for s in samples[1]]

@@ -15,8 +15,9 @@ from jobs.generate_negatives import main as negatives_job
 from rac.config import ActorPoolConfig, ConfigError
 from rac.data import load_data
 from rac.data.schema import records_to_table
-from rac.decoding import NegativesConfig, read_negatives, row_seed, run_generate_negatives
-from rac.decoding.stage import GENERATION_FAILURE, INPUT_COLUMNS, NEGATIVES_DIR, NegativesBatch
+from rac.decoding import NegativesConfig, SamplingParams, read_negatives, row_seed, run_generate_negatives
+from rac.decoding.stage import NEGATIVES_DIR, NegativesBatch
+from rac.models.generation import GENERATION_FAILURE
 from rac.retrieval import read_retrieved
 
 LONG_QUERY = "which " * 300
@@ -50,11 +51,11 @@ def retrieved_dir(tmp_path):
     return tmp_path / "retrieve", t2_ids
 
 
-def _config(model_dirs, input_dir, output_dir, **overrides):
-    fields = {"input_dir": str(input_dir), "output_dir": str(output_dir), "grounded_model": str(model_dirs[0]),
-              "ungrounded_model": str(model_dirs[1]), "max_prompt_tokens": 128, "max_new_tokens": 12,
-              "pool": ActorPoolConfig(min_size=1, max_size=1, batch_size=4)}
-    return NegativesConfig(**{**fields, **overrides})
+def _config(model_dirs, input_dir, output_dir, alpha=0.5):
+    return NegativesConfig(input_dir=str(input_dir), output_dir=str(output_dir), grounded_model=str(model_dirs[0]),
+                           ungrounded_model=str(model_dirs[1]), max_prompt_tokens=128,
+                           sampling=SamplingParams(alpha=alpha, max_new_tokens=12),
+                           pool=ActorPoolConfig(min_size=1, max_size=1, batch_size=4))
 
 
 def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model_dirs, retrieved_dir):
@@ -121,7 +122,8 @@ def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model
 def _argv(cfg):
     return ["--input_dir", cfg.input_dir, "--output_dir", cfg.output_dir, "--grounded_model", cfg.grounded_model,
             "--ungrounded_model", cfg.ungrounded_model, "--max_prompt_tokens", str(cfg.max_prompt_tokens),
-            "--max_new_tokens", str(cfg.max_new_tokens), "--pool.max_size", "1", "--pool.batch_size", "4"]
+            "--sampling.max_new_tokens", str(cfg.sampling.max_new_tokens), "--pool.max_size", "1",
+            "--pool.batch_size", "4"]
 
 
 def _mark_failed(parts_dir, row_id):
@@ -137,13 +139,18 @@ def _mark_failed(parts_dir, row_id):
             pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), part)
 
 
+def test_reading_negatives_never_written_names_the_job(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `python -m jobs.generate_negatives --output_dir"):
+        read_negatives(tmp_path)
+
+
 def test_a_row_that_fails_to_decode_fails_alone(model_dirs, retrieved_dir, tmp_path):
     """The stage class in-process: when decoding a batch raises, the batch is decoded row
     by row and only the row that raises gets an error."""
     input_dir, _ = retrieved_dir
     cfg = _config(model_dirs, input_dir, tmp_path / "neg")
     stage = NegativesBatch(cfg, {"grounded_model": "g@0", "ungrounded_model": "u@0"})
-    table = read_retrieved(input_dir, ["t2"], INPUT_COLUMNS)
+    table = read_retrieved(input_dir, ["t2"])
     batch = table.filter(pc.invert(pc.starts_with(table.column("id"), "bad-"))).slice(0, 4)
     victim = batch.column("id").to_pylist()[2]
     generate = stage.decoder.generate
@@ -175,4 +182,4 @@ def test_tokenizer_mismatch_stops_the_job_before_decoding(ray_local, tmp_path, m
     assert run(NegativesConfig, negatives_job, argv=argv) == 1
     assert "do not share a tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "neg").exists()
-    assert run(NegativesConfig, negatives_job, argv=_argv(cfg) + ["--alpha", "2"]) == 2
+    assert run(NegativesConfig, negatives_job, argv=_argv(cfg) + ["--sampling.alpha", "2"]) == 2

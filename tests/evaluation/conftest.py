@@ -8,7 +8,7 @@ import torch
 
 from rac.data import load_data
 from rac.data.schema import records_to_table
-from rac.evaluation.grounding import tokenize
+from rac.evaluation.grounding import metric_words
 from rac.testing.tiny import demo_texts, tiny_causal_lm, train_tiny_tokenizer
 
 #: Weight scale of the tiny LMs (see rac.testing.tiny.tiny_causal_lm).
@@ -48,7 +48,7 @@ def bert_dir(tmp_path_factory):
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     path = tmp_path_factory.mktemp("bert-nli")
-    words = sorted(set(tokenize(" ".join(demo_texts()))))[:400]
+    words = sorted(set(metric_words(" ".join(demo_texts()))))[:400]
     (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -17,7 +17,8 @@ from rac.data.schema import PASSAGE_TYPE, records_to_table
 from rac.evaluation import EvaluateConfig, SystemConfig, run_evaluate
 from rac.evaluation.reference import NOT_AVAILABLE_OFFLINE, wordnet_available
 from rac.evaluation.scorers import NOT_AVAILABLE, NOT_CONFIGURED, EntailmentScorer
-from rac.evaluation.stage import GENERATION_FAILURE, GenerateBatch, clean_question
+from rac.evaluation.stage import GenerateBatch, clean_question
+from rac.models.generation import GENERATION_FAILURE
 
 #: Hand-made T2 rows: (id, passage, C+). C- at each alpha is built to be less grounded as alpha grows.
 T2 = [

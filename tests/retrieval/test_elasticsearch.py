@@ -162,18 +162,23 @@ def test_unreachable_server_fails_after_bounded_retries(dead_url, monkeypatch, c
     assert "secret-key-123" not in caplog.text + str(info.value) + str(to_dict(cfg)) + repr(es.client)
 
 
-def test_transient_outage_is_retried(tmp_path):
+def test_transient_outage_is_retried(tmp_path, caplog):
     """A server that comes up while the client is backing off is reached without an error."""
     port = free_port()
     es = ElasticsearchRetriever(ElasticsearchConfig(url=f"http://127.0.0.1:{port}", max_retries=6,
                                                     retry_backoff=0.5))
-    started = []
-    timer = threading.Timer(1.0, lambda: started.append(start_server(port, tmp_path)))
+    launched = []  # (when the server was launched, its process)
+    timer = threading.Timer(1.0, lambda: launched.append((time.monotonic(), start_server(port, tmp_path))))
     timer.start()
     try:
         es.check_ready(need_index=False)  # retries through the outage
-        assert started, "the call cannot succeed before the server exists"
+        answered = time.monotonic()
+        retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+        # Refused while nothing listened, retried, and answered by the server once it was launched.
+        assert retries and all(m.startswith(f"info on http://127.0.0.1:{port} failed") for m in retries), retries
+        assert len(retries) < 6
+        assert launched and answered > launched[0][0]
     finally:
         timer.join()
-        for proc in started:
+        for _, proc in launched:
             stop_server(proc)

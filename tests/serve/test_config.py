@@ -92,32 +92,31 @@ def test_bad_args_fail_with_what_to_change(args, message):
         from_dict(ServeConfig, args)
 
 
-def test_build_app_applies_replicas_resources_and_batching(tiny_model_dir, demo_index_dir):
-    from serve.app import build_app
+def test_deployments_get_the_configured_replicas_resources_and_batching():
+    from serve.app import deployments
 
-    app = build_app({
-        "model_path": str(tiny_model_dir), "retriever": {"index_dir": str(demo_index_dir)},
+    cfg = from_dict(ServeConfig, {
         "generator": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "deployment": {
             "num_cpus": 1.5, "max_ongoing_requests": 24,
             "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 12}}},
         "ingress": {"deployment": {"num_cpus": 0.25, "max_ongoing_requests": 99}},
     })
-    ingress = app._bound_deployment
+    ingress, generator = deployments(cfg)
     assert ingress.name == "ClarifyIngress"
     assert ingress.max_ongoing_requests == 99 and ingress.ray_actor_options["num_cpus"] == 0.25
-    cfg, generator_app = ingress.init_args
-    generator = generator_app._bound_deployment
     assert generator.name == "QuestionGenerator"
     assert generator.max_ongoing_requests == 24 and generator.ray_actor_options["num_cpus"] == 1.5
-    autoscaling = generator._deployment_config.autoscaling_config
-    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 3, 12)
+    # Serve takes the autoscaling section as it is given to Deployment.options (no public getter).
+    autoscaling = cfg.generator.deployment.to_serve()["autoscaling_config"]
+    assert (autoscaling["min_replicas"], autoscaling["max_replicas"], autoscaling["target_ongoing_requests"]) == \
+        (1, 3, 12)
     assert cfg.generator.max_batch_size == 8 and cfg.generator.batch_wait_timeout_s == 0.05
 
 
 def test_build_app_fails_fast_on_missing_model_or_index(tmp_path, tiny_model_dir):
     from serve.app import build_app
 
-    with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
+    with pytest.raises(ConfigError, match="not a Hugging Face model directory .*run `make run` first"):
         build_app({"model_path": str(tmp_path / "nothing")})
     with pytest.raises(ConfigError, match="holds no embedded BM25 index"):
         build_app({"model_path": str(tiny_model_dir), "retriever": {"index_dir": str(tmp_path / "no-index")}})

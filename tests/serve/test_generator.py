@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rac.models.prompts import build_prompt
+from rac.models.prompts import build_prompt, prompt_token_ids
 from rac.serving.generator import BatchStats, QuestionGenerator, question_from_text
 
 
@@ -21,7 +21,7 @@ def test_batch_equals_one_at_a_time(generator):
     ]]
     limits = [12, 5, 9]
     # Prompts of different lengths: left padding must not change any row's greedy output.
-    assert len({len(generator.prompt_ids(p)) for p in prompts}) == 3
+    assert len({len(prompt_token_ids(generator.tokenizer, p)) for p in prompts}) == 3
     batched = generator.generate(prompts, limits)
     alone = [generator.generate([p], n)[0] for p, n in zip(prompts, limits, strict=True)]
     assert batched == alone

@@ -10,6 +10,7 @@ import torch
 
 from rac.config import ConfigError, parse_config
 from rac.data.config import DataConfig
+from rac.data.loaders import DataFormatError
 from rac.data.prepare import prepare_data
 from rac.data.schema import records_to_table
 from rac.models import LoraConfig, ModelConfig, load_tokenizer
@@ -175,7 +176,7 @@ def test_bad_configs_fail_before_any_worker_starts(ray_local, demo_dir, tmp_path
     with pytest.raises(ConfigError, match="trainer_args.per_device_train_batch_size: set it with.*"
                                           "per_worker_batch_size"):
         parse_config(SFTConfig, ["--trainer_args", "{per_device_train_batch_size: 2}"])
-    with pytest.raises(ConfigError, match="lacks column.*chosen"):
+    with pytest.raises(DataFormatError, match=r"columns \['chosen', 'rejected'\] are missing"):
         run_training(rac_config(demo_dir, tmp_path / "a", input_dir=str(root / "retrieved")))
     with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
         run_training(rac_config(demo_dir, tmp_path / "b", model=ModelConfig(path=str(tmp_path / "nope"))))
