@@ -8,6 +8,11 @@ whose config and inputs are unchanged; ``--from STAGE`` re-runs that stage and a
 A stage killed midway resumes from what it wrote (retrieval and negatives skip the ids
 already written, training resumes from its last checkpoint) when it is run again with the
 same config and inputs; with others, its folder is deleted and the stage starts clean.
+
+A stage whose rows failed (:mod:`rac.failures`: the search server did not answer, decoding
+raised) is not finished: no manifest is written, :class:`~rac.failures.StageIncompleteError`
+stops the run, and the next run redoes exactly those rows. Manifests and ``started.json``
+are written whole or not at all, and one cut short reads as absent (the stage runs again).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from rac.config import ActorPoolConfig, ConfigError, field_help, git_revision, n
 from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
 from rac.evaluation.config import EvaluateConfig
+from rac.failures import check_complete
 from rac.models.prepare import PrepareModelConfig
+from rac.parts import read_json, write_json
 from rac.retrieval import IndexConfig, RetrieveConfig, RetrieverConfig
 from rac.training.config import RACConfig, SFTConfig
 
@@ -149,10 +156,6 @@ def external_inputs(stage: str, cfg: PipelineConfig) -> dict[str, str]:
     return out
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     return read_json(stage_dir / MANIFEST)
 
@@ -197,7 +200,7 @@ def _prepare_stage_dir(stage_dir: Path, key: dict[str, Any], forced: bool) -> No
         logger.info("%s: deleting the earlier output (%s) before running", stage_dir, why)
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / STARTED).write_text(json.dumps(key, indent=2))
+    write_json(stage_dir / STARTED, key)
 
 
 def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str, dict[str, Any]]:
@@ -229,6 +232,7 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
         logger.info("stage %d/%d %s: running", i, len(cfg.stages), stage)
         start = time.perf_counter()
         summary = run_fns[stage](stage_cfg)
+        check_complete(stage, summary)  # failed rows: no manifest, so the rerun redoes them
         rows_in, rows_out = _rows(summary)
         manifest = {
             "stage": stage, "config_hash": config_hash, "inputs": inputs,
@@ -238,7 +242,7 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
             "git_revision": git_revision(), "versions": package_versions(),
         }
         (run / stage).mkdir(parents=True, exist_ok=True)
-        (run / stage / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        write_json(run / stage / MANIFEST, manifest)
         manifests[stage] = {**manifest, "skipped": False}
     return manifests
 

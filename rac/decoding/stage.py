@@ -29,6 +29,7 @@ from rac.decoding.models import (
     model_revision,
     resolve_device,
 )
+from rac.failures import failure_summary
 from rac.parts import PartWriter, check_params, clear_parts, drop_error_rows, read_parts, table_digest, written_ids
 from rac.retrieval.stage import read_retrieved
 
@@ -250,11 +251,12 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
     with (out / "errors.jsonl").open("w") as f:
         for row in errors:
             f.write(json.dumps(row) + "\n")
+    failed = [e for e in errors if e["error"].startswith(GENERATION_FAILURE)]
     rates = written.column("mixing_rate").drop_null()
     summary = {
         "rows_in": len(ids), "skipped": len(ids) - len(todo_rows), "generated": len(todo_rows), "retried": retried,
         "with_negative": len(ids) - len(errors), "error_rows": len(errors),
-        "generation_failures": sum(e["error"].startswith(GENERATION_FAILURE) for e in errors),
+        "generation_failures": len(failed), **failure_summary(failed, out / "errors.jsonl"),
         "alpha": cfg.alpha, "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None,
         **revisions,
     }

@@ -20,6 +20,7 @@ from rac.config import ActorPoolConfig, write_run_info
 from rac.data.loaders import DataFormatError
 from rac.data.prepare import prepare_data
 from rac.data.schema import PASSAGE_TYPE, records_to_table
+from rac.failures import failure_summary
 from rac.parts import (
     PartWriter,
     check_params,
@@ -155,7 +156,8 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     with (out / "index_errors.jsonl").open("w") as f:
         for row in failures:
             f.write(json.dumps(row) + "\n")
-    summary = {"backend": rcfg.backend, "passages": len(corpus), "indexed": indexed, "failed": len(failures)}
+    summary = {"backend": rcfg.backend, "passages": len(corpus), "indexed": indexed, "failed": len(failures),
+               **failure_summary(failures, out / "index_errors.jsonl")}
     write_run_info(out, "index", cfg, summary=summary)
     logger.info("index: %s", summary)
     return summary
@@ -235,12 +237,13 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
     with (out / "dropped.jsonl").open("w") as f:
         for row in loaded.dropped:
             f.write(json.dumps(row) + "\n")
-    server_failures = sum(e.startswith(SERVER_FAILURE) for e in errors.column("error").to_pylist())
+    failed = [e for e in errors.to_pylist() if e["error"].startswith(SERVER_FAILURE)]
     summary = {"backend": cfg.retriever.backend, "rows_in": loaded.rows_in, "records": len(loaded.records),
                "skipped": table.num_rows - todo.num_rows, "searched": todo.num_rows, "retried": retried,
                "rows_out": len(ids), "with_passages": with_passages,
                "without_passages": len(ids) - errors.num_rows - with_passages, "error_rows": errors.num_rows,
-               "server_failures": server_failures, "dropped_rows": len(loaded.dropped)}
+               "server_failures": len(failed), "dropped_rows": len(loaded.dropped),
+               **failure_summary(failed, out / "errors.jsonl")}
     write_run_info(out, "retrieve", cfg, summary=summary)
     logger.info("retrieve: %s", summary)
     return summary
