@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rac.config import ActorPoolConfig, write_run_info
+from rac.data.config import DataConfig
 from rac.data.loaders import DataFormatError
 from rac.data.prepare import prepare_data
 from rac.data.schema import PASSAGE_TYPE, records_to_table
@@ -31,7 +32,7 @@ from rac.parts import (
     table_digest,
     written_ids,
 )
-from rac.retrieval.base import IndexMissingError, RetrievalError, Retriever, query_error
+from rac.retrieval.base import IndexMissingError, RetrievalError, Retriever, query_error, tokenize
 from rac.retrieval.config import IndexConfig, RetrieveConfig, RetrieverConfig
 from rac.retrieval.elasticsearch import ElasticsearchRetriever
 from rac.retrieval.embedded import PARAMS_FILE, EmbeddedBM25Retriever
@@ -118,6 +119,15 @@ def _set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
 # ----------------------------------------------------------------------------- stages
 
 
+def check_corpus(corpus: list[dict[str, Any]], data: DataConfig) -> None:
+    """Refuse a corpus that no query could ever match: no passage, or none with a searchable word."""
+    if not any(tokenize(p["text"]) for p in corpus):
+        source = data.corpus_path or data.path or "the demo set"
+        raise DataFormatError(source, "", f"no passage of the corpus ({len(corpus)} passages) has a searchable word "
+                                          f"(letters or digits); check the file, or set data.corpus_path to "
+                                          f"another corpus")
+
+
 def run_index(cfg: IndexConfig) -> dict[str, Any]:
     """Build the passage corpus from ``cfg.data`` and index it into the configured backend.
 
@@ -130,6 +140,7 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _, corpus = prepare_data(cfg.data)
+    check_corpus(corpus, cfg.data)
     pq.write_table(pa.Table.from_pylist(corpus), out / "corpus.parquet")
     rcfg = cfg.retriever
     failures: list[dict[str, str]] = []
