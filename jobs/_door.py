@@ -2,8 +2,8 @@
 
 Exit codes: 0 done; 1 bad input, or a service or resource that failed (a data file that
 cannot be read, a search server that does not answer, a stage left with failed rows, a
-full disk): a message on stderr, no traceback; 2 bad config (a key, a value, or settings
-that do not fit the output already there).
+full disk, a path in the config that leads nowhere): a message on stderr, no traceback;
+2 bad config (an unknown key, an impossible value), found before any work starts.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ C = TypeVar("C")
 #: Errors that are the user's to fix (exit 1): print the message, no traceback. OSError
 #: covers a missing file, a denied permission and a full disk; ImportError an optional
 #: dependency not installed (its message says what to install).
-USER_ERRORS: tuple[type[BaseException], ...] = (DataFormatError, RetrievalError, StageIncompleteError, OSError,
-                                                ImportError, MemoryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataFormatError, RetrievalError, StageIncompleteError,
+                                                OSError, ImportError, MemoryError)
 
 
 def init_ray() -> None:
@@ -55,9 +55,6 @@ def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = No
         cause = user_error(e)
         if cause is None:
             raise
-        if isinstance(cause, ConfigError):
-            print(f"config error: {cause}", file=sys.stderr)
-            return 2
         print(f"error: {cause}", file=sys.stderr)
         return 1
     return 0
@@ -67,7 +64,7 @@ def user_error(e: BaseException) -> BaseException | None:
     """The user's error behind ``e`` (also when a Ray task or actor raised it), or None for a bug."""
     seen = 0
     while e is not None and seen < 8:  # Ray wraps a worker's exception in its own, sometimes twice
-        if isinstance(e, (ConfigError, *USER_ERRORS)) and not _is_ray_wrapper(e):
+        if isinstance(e, USER_ERRORS) and not _is_ray_wrapper(e):
             return e
         e = getattr(e, "cause", None) or e.__cause__
         seen += 1

@@ -163,8 +163,7 @@ def test_a_row_that_fails_to_decode_fails_alone(model_dirs, retrieved_dir, tmp_p
 
 def test_tokenizer_mismatch_stops_the_job_before_decoding(ray_local, tmp_path, model_dirs, tokenizer,
                                                           retrieved_dir, capsys):
-    """Through the job's door: exit 2 (models that do not fit together are a config error) with the
-    reason, nothing written; a bad value exits 2 too."""
+    """Through the job's door: exit 1 with the reason, nothing written; a bad value exits 2."""
     # The ungrounded model's weights beside a tokenizer with one token more.
     odd = tmp_path / "ungrounded-other-tokenizer"
     other = copy.deepcopy(tokenizer)
@@ -173,7 +172,7 @@ def test_tokenizer_mismatch_stops_the_job_before_decoding(ray_local, tmp_path, m
     (odd / "config.json").write_text((model_dirs[1] / "config.json").read_text())
     cfg = _config(model_dirs, retrieved_dir[0], tmp_path / "neg")
     argv = _argv(cfg) + ["--ungrounded_model", str(odd)]
-    assert run(NegativesConfig, negatives_job, argv=argv) == 2
+    assert run(NegativesConfig, negatives_job, argv=argv) == 1
     assert "do not share a tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "neg").exists()
     assert run(NegativesConfig, negatives_job, argv=_argv(cfg) + ["--alpha", "2"]) == 2
