@@ -31,7 +31,7 @@ import pytest
 
 from rac.pipeline import MANIFEST, STARTED
 from tests.conftest import long_test
-from tests.e2e.procs import REPO, job_env, kill_group, start_job, wait_until
+from tests.e2e.procs import REPO, descendants, job_env, kill_group, start_job, wait_until
 
 SEED = 13
 ALL_STAGES = ["index", "retrieve", "sft_grounded", "sft_ungrounded", "negatives", "train_rac", "evaluate"]
@@ -76,19 +76,9 @@ def _stage_finished(run: Path, stage: str, since: float):
     return lambda: path.is_file() and path.stat().st_mtime >= since
 
 
-def _ray_workers(pgid: int) -> list[tuple[int, str]]:
-    """(pid, name) of the Ray worker processes (``ray::...``, not idle ones) of the group ``pgid``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            if os.getpgid(int(proc.name)) == pgid and cmd.startswith("ray::") and not cmd.startswith("ray::IDLE"):
-                pids.append((int(proc.name), cmd))
-        except (OSError, ProcessLookupError):
-            continue
-    return pids
+def _ray_workers(pid: int) -> list[tuple[int, str]]:
+    """(pid, name) of the Ray worker processes (``ray::...``, not idle ones) below the driver."""
+    return [(p, name) for p, name in descendants(pid) if name.startswith("ray::") and not name.startswith("ray::IDLE")]
 
 
 def run_with_kills(run: Path, args: list[str], stages: list[str], plan: list[Kill], logs: Path) -> ChaosLog:
@@ -108,7 +98,7 @@ def run_with_kills(run: Path, args: list[str], stages: list[str], plan: list[Kil
                 time.sleep(kill.delay)
                 entry["stage_hit"] = _running_stage(run, stages, since)
                 if kill.how == "group":
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_group(proc)
                 else:
                     workers = _ray_workers(proc.pid)
                     entry["workers_found"] = [name for _, name in workers]
