@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -138,3 +140,11 @@ def test_each_door_exits_0_1_or_2_with_a_message_and_no_traceback(case, ray_loca
     assert lines[0].startswith("config error: " if code == 2 else "error: ")
     text = err[err.index(lines[0]):]  # the message (a reason quoted in it may span lines)
     assert re.search(message, text, re.S), text
+
+
+def test_pipeline_from_without_a_stage_exits_2():
+    from tests.e2e.procs import REPO, job_env
+
+    proc = subprocess.run([sys.executable, "-m", "jobs.pipeline", "--from"], cwd=REPO, env=job_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr.strip()) == (2, "config error: --from needs a stage name")
