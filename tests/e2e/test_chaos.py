@@ -76,9 +76,10 @@ def _stage_finished(run: Path, stage: str, since: float):
     return lambda: path.is_file() and path.stat().st_mtime >= since
 
 
-def _ray_workers(pid: int) -> list[tuple[int, str]]:
-    """(pid, name) of the Ray worker processes (``ray::...``, not idle ones) below the driver."""
-    return [(p, name) for p, name in descendants(pid) if name.startswith("ray::") and not name.startswith("ray::IDLE")]
+def _stage_workers(pid: int) -> list[tuple[int, str]]:
+    """(pid, name) of the processes below the driver that do a stage's work: Ray Data map
+    workers (``ray::MapWorker(...)``) and Ray Train workers (``ray::RayTrainWorker``)."""
+    return [(p, name) for p, name in descendants(pid) if name.startswith(("ray::MapWorker", "ray::RayTrainWorker"))]
 
 
 def run_with_kills(run: Path, args: list[str], stages: list[str], plan: list[Kill], logs: Path) -> ChaosLog:
@@ -100,12 +101,12 @@ def run_with_kills(run: Path, args: list[str], stages: list[str], plan: list[Kil
                 if kill.how == "group":
                     kill_group(proc)
                 else:
-                    workers = _ray_workers(proc.pid)
-                    entry["workers_found"] = [name for _, name in workers]
-                    # A worker of the stage (a Ray Data map worker, a Train worker), not a controller.
-                    doing_work = [w for w in workers if "Worker" in w[1]] or workers
-                    if doing_work:
-                        pid, entry["worker_killed"] = random.Random(SEED + n).choice(doing_work)
+                    # A worker of the stage (a Ray Data map worker, a Train worker): never Ray's own
+                    # agents or controllers, whose loss is the node's, which a group kill covers.
+                    wait_until(lambda pid=proc.pid: bool(_stage_workers(pid)), proc, timeout=60)
+                    workers = _stage_workers(proc.pid)
+                    if workers:
+                        pid, entry["worker_killed"] = random.Random(SEED + n).choice(workers)
                         os.kill(pid, signal.SIGKILL)
                     # The run goes on (Ray restarts the actor, Train the worker group) or fails:
                     # either way, stop it once the stage is over.
@@ -228,5 +229,6 @@ def test_chaos_full(tmp_path):
     print(_report(log, lost, mismatches))
     (tmp_path / "chaos.json").write_text(json.dumps({"kills": log.kills, "lost": lost, "mismatches": mismatches}))
     assert len(log.kills) >= 8
+    assert all(k.get("worker_killed") for k in log.kills if k["how"] == "worker"), log.kills
     assert {k["stage_hit"] for k in log.kills} >= set(ALL_STAGES) - {"index"}  # index takes under a second
     assert lost == 0 and not mismatches, mismatches
