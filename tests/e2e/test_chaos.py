@@ -155,9 +155,12 @@ def compare_runs(reference: Path, chaos: Path, stages: list[str]) -> tuple[int, 
             if not ref or ref != got:
                 mismatches.append(f"{stage}: exported weights differ ({ref} vs {got})")
     if "evaluate" in stages:
-        ref, got = (json.loads((d / "evaluate" / "report.json").read_text())["systems"] for d in (reference, chaos))
+        # Every figure of every system; not the model paths, which name each run's own directory.
+        ref, got = ({name: {k: v for k, v in system.items() if k != "path"}
+                     for name, system in json.loads((d / "evaluate" / "report.json").read_text())["systems"].items()}
+                    for d in (reference, chaos))
         if ref != got:
-            mismatches.append("evaluate: report.json metrics differ")
+            mismatches.append(f"evaluate: report.json metrics differ ({ref} vs {got})")
     return lost, mismatches
 
 
