@@ -80,10 +80,11 @@ def _huge(name: str, data: bytes) -> bytes:
         row["query" if name == "jsonl" else "text"] = big
         return data + (json.dumps(row) + "\n").encode()
     if name == "clariq":
-        lines = data.decode().split("\n")
+        lines = data.decode().rstrip("\n").split("\n")
         fields = lines[1].split("\t")
         fields[5] = big
-        return "\n".join([*lines, "\t".join(fields), ""]).encode().replace(b"\n\n", b"\n")
+        fields[6] = "Qhuge"
+        return ("\n".join([*lines, "\t".join(fields)]) + "\n").encode()
     if name in ("qulac", "demo"):
         return data.replace(b"the", big.encode(), 1)
     table = pq.read_table(pa.BufferReader(data))
