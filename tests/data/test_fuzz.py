@@ -134,6 +134,7 @@ def test_corrupted_files_load_or_name_the_file(tmp_path):
     work = tmp_path / "case"
     work.mkdir()
     outcomes = {"loaded": 0, "refused": 0}
+    huge_loaded = 0
     previous = signal.signal(signal.SIGALRM, _alarm)
     try:
         for case, name, data, mid_record in _cases(files):
@@ -156,11 +157,13 @@ def test_corrupted_files_load_or_name_the_file(tmp_path):
                 signal.alarm(0)
             assert not mid_record, f"{case}: a file cut mid-record loaded as complete"
             outcomes["loaded"] += 1
+            huge_loaded += case.endswith("-huge")
     finally:
         signal.signal(signal.SIGALRM, previous)
     n = len(files) * (CUTS + FLIPS + NON_UTF8 + 2)
     assert sum(outcomes.values()) == n >= 300
     assert outcomes["refused"] > n // 2  # most corruptions are caught, not silently read
+    assert huge_loaded == len(files)  # a long field is not a damaged file
     print(f"fuzz: {n} cases, {outcomes}")
 
 
