@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rac.config import write_run_info
+from rac.data.loaders import DataFormatError
 from rac.data.schema import PASSAGE_TYPE
 from rac.decoding.config import NegativesConfig
 from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
@@ -245,8 +246,9 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
     written = written.filter(pc.is_in(written.column("id"), value_set=pa.array(ids, type=pa.string())))
     written_list = written.column("id").to_pylist()
     if len(written_list) != len(set(written_list)) or set(written_list) != set(ids):
-        raise RuntimeError(f"negatives hold {len(written_list)} rows ({len(set(written_list))} distinct ids) for "
-                           f"{len(ids)} input rows; the parts in {parts_dir} are inconsistent")
+        raise DataFormatError(parts_dir, "", f"the parts hold {len(written_list)} rows ({len(set(written_list))} "
+                                             f"distinct ids) for {len(ids)} input rows; delete the folder and run "
+                                             f"again")
     errors = written.filter(pc.is_valid(written.column("error"))).select(["id", "error"]).to_pylist()
     with (out / "errors.jsonl").open("w") as f:
         for row in errors:

@@ -27,7 +27,7 @@ from rac.parts import (
     check_params,
     clear_parts,
     drop_error_rows,
-    part_files,
+    read_parts,
     read_stage_output,
     table_digest,
     written_ids,
@@ -233,11 +233,11 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
             writer.write(part)
             logger.info("retrieve: %d/%d rows written", writer.rows, todo.num_rows)
 
-    written = pq.read_table(part_files(parts_dir), columns=["id", "query", "passages", "error"])
+    written = read_parts(parts_dir).select(["id", "query", "passages", "error"])
     ids = written.column("id").to_pylist()
     if len(ids) != len(loaded.records) or set(ids) != {r["id"] for r in loaded.records}:
-        raise RuntimeError(f"the parts in {parts_dir} hold {len(ids)} rows ({len(set(ids))} distinct ids) for "
-                           f"{len(loaded.records)} records; delete {parts_dir} and run again")
+        raise DataFormatError(parts_dir, "", f"the parts hold {len(ids)} rows ({len(set(ids))} distinct ids) for "
+                                             f"{len(loaded.records)} records; delete the folder and run again")
     errors = written.filter(pc.is_valid(written.column("error"))).select(["id", "query", "error"])
     # A query none of whose words is in the corpus gets no passage: no error, nothing to ground on.
     found = pc.fill_null(pc.list_value_length(written.column("passages")), 0)
