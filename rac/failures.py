@@ -28,12 +28,16 @@ class StageIncompleteError(RuntimeError):
 
     def __init__(self, stage: str, failed: int, total: int | None, errors_file: str, first_failure: str | None):
         self.stage, self.failed, self.total, self.errors_file = stage, failed, total, errors_file
+        self.first_failure = first_failure
         of = f" of {total}" if total is not None else ""
         reason = f" (first: {first_failure})" if first_failure else ""
         super().__init__(
             f"stage {stage} is incomplete: {failed}{of} rows failed{reason}. They are listed in {errors_file}, "
             f"and nothing was recorded as done. Fix the cause and run the same command again: it redoes exactly "
             f"those rows and keeps the others")
+
+    def __reduce__(self):  # pickled whole, so that it crosses from a Ray worker to the driver
+        return type(self), (self.stage, self.failed, self.total, self.errors_file, self.first_failure)
 
 
 def failure_summary(failed: list[dict[str, Any]], errors_file: str | Path) -> dict[str, Any]:

@@ -35,8 +35,11 @@ class DataFormatError(ValueError):
     """A data file that cannot be read: names the file, the line or row, and the field."""
 
     def __init__(self, path: str | Path, where: str, message: str):
-        self.path, self.where = str(path), where
+        self.path, self.where, self.message = str(path), where, message
         super().__init__(f"{path}: {where}: {message}" if where else f"{path}: {message}")
+
+    def __reduce__(self):  # pickled whole, so that it crosses from a Ray worker to the driver
+        return type(self), (self.path, self.where, self.message)
 
 
 @dataclass

@@ -148,3 +148,31 @@ def test_pipeline_from_without_a_stage_exits_2():
     proc = subprocess.run([sys.executable, "-m", "jobs.pipeline", "--from"], cwd=REPO, env=job_env(),
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stderr.strip()) == (2, "config error: --from needs a stage name")
+
+
+def test_a_user_error_raised_in_a_ray_task_is_reported_as_itself(ray_local, capfd, monkeypatch):
+    """Ray hands the driver a RayTaskError whose text is the worker's traceback; the door
+    reports the error inside it."""
+    from rac.data import DataFormatError
+    from rac.retrieval import IndexConfig
+
+    @ray_local.remote
+    def load():
+        raise DataFormatError("q.jsonl", "line 3", "field 'query' is missing")
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    assert run(IndexConfig, lambda cfg: ray_local.get(load.remote()), argv=[]) == 1
+    err = capfd.readouterr().err
+    assert "error: q.jsonl: line 3: field 'query' is missing" in err.splitlines() and "Traceback" not in err
+
+
+def test_library_errors_survive_pickling():
+    """What Ray does to an exception raised in a worker."""
+    import pickle
+
+    from rac.data import DataFormatError
+    from rac.failures import StageIncompleteError
+
+    for e in (DataFormatError("q.jsonl", "line 3", "bad"), StageIncompleteError("retrieve", 2, 10, "e.jsonl", "x")):
+        again = pickle.loads(pickle.dumps(e))
+        assert type(again) is type(e) and str(again) == str(e)
