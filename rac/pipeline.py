@@ -12,7 +12,8 @@ same config and inputs; with others, its folder is deleted and the stage starts 
 A stage whose rows failed (:mod:`rac.failures`: the search server did not answer, decoding
 raised) is not finished: no manifest is written, :class:`~rac.failures.StageIncompleteError`
 stops the run, and the next run redoes exactly those rows. Manifests and ``started.json``
-are written whole or not at all, and one cut short reads as absent (the stage runs again).
+are written whole or not at all, and one cut short reads as absent (the stage runs again);
+a finished stage whose Parquet files changed size or went missing runs again too.
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ def external_inputs(stage: str, cfg: PipelineConfig) -> dict[str, str]:
     return out
 
 
+def parquet_sizes(stage_dir: Path) -> dict[str, int]:
+    """Size of every Parquet file a stage wrote: a finished stage whose files no longer match
+    (one cut short, one deleted) is run again rather than trusted."""
+    return {str(p.relative_to(stage_dir)): p.stat().st_size for p in sorted(stage_dir.rglob("*.parquet"))}
+
+
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     return read_json(stage_dir / MANIFEST)
 
@@ -222,8 +229,14 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
         inputs.update(external_inputs(stage, cfg))
         config_hash = _hash(to_dict(stage_cfg))
         previous = read_manifest(run / stage)
-        if (not forced and previous and previous.get("config_hash") == config_hash
-                and previous.get("inputs") == inputs):
+        unchanged = (not forced and previous and previous.get("config_hash") == config_hash
+                     and previous.get("inputs") == inputs)
+        outputs = parquet_sizes(run / stage)
+        if unchanged and previous.get("outputs", outputs) != outputs:  # manifests of before: not checked
+            logger.warning("stage %d/%d %s: its Parquet output changed since it finished (a file cut short or "
+                           "deleted?); running it again", i, len(cfg.stages), stage)
+            unchanged = False
+        if unchanged:
             logger.info("stage %d/%d %s: unchanged since %s, skipped", i, len(cfg.stages), stage,
                         previous.get("finished"))
             manifests[stage] = {**previous, "skipped": True}
@@ -235,7 +248,7 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
         check_complete(stage, summary)  # failed rows: no manifest, so the rerun redoes them
         rows_in, rows_out = _rows(summary)
         manifest = {
-            "stage": stage, "config_hash": config_hash, "inputs": inputs,
+            "stage": stage, "config_hash": config_hash, "inputs": inputs, "outputs": parquet_sizes(run / stage),
             "fingerprint": _hash([config_hash, inputs]), "rows_in": rows_in, "rows_out": rows_out,
             "summary": summary, "seconds": round(time.perf_counter() - start, 1),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),

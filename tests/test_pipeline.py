@@ -98,3 +98,12 @@ def test_failed_rows_and_files_cut_short_are_never_taken_as_done(ray_local, tmp_
     monkeypatch.setattr("rac.pipeline.runners", lambda: real)
     resumed = run_pipeline(cfg)
     assert not resumed["retrieve"]["skipped"] and manifest.is_file()
+
+    # A part of the finished stage cut short later: the stage is not skipped, its rows are redone.
+    part = sorted((stage_dir / "retrieved").glob("part-*.parquet"))[0]
+    lost = pq.read_metadata(part).num_rows
+    part.write_bytes(part.read_bytes()[:100])
+    redone = run_pipeline(cfg)
+    assert redone["index"]["skipped"] and not redone["retrieve"]["skipped"]
+    assert redone["retrieve"]["summary"]["searched"] == lost
+    assert run_pipeline(cfg)["retrieve"]["skipped"]
