@@ -1,4 +1,10 @@
-"""What every job does around its one library call: config, logging, Ray, exit codes."""
+"""What every job does around its one library call: config, logging, Ray, exit codes.
+
+Exit codes: 0 done; 1 bad input, or a service or resource that failed (a data file that
+cannot be read, a search server that does not answer, a stage left with failed rows, a
+full disk, a path in the config that leads nowhere): a message on stderr, no traceback;
+2 bad config (an unknown key, an impossible value), found before any work starts.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from rac.config import ConfigError, parse_config
+from rac.data.loaders import DataFormatError
+from rac.failures import StageIncompleteError
+from rac.retrieval.base import RetrievalError
 
 C = TypeVar("C")
 
-#: Errors that are the user's to fix: print the message, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+#: Errors that are the user's to fix (exit 1): print the message, no traceback. OSError
+#: covers a missing file, a denied permission and a full disk; ImportError an optional
+#: dependency not installed (its message says what to install).
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataFormatError, RetrievalError, StageIncompleteError,
+                                                OSError, ImportError, MemoryError)
 
 
 def init_ray() -> None:
@@ -27,9 +39,6 @@ def init_ray() -> None:
 def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = None,
         use_ray: bool = True) -> int:
     """Parse ``config_cls`` from argv, call ``fn(cfg)``; return the process exit code."""
-    from rac.data.loaders import DataFormatError
-    from rac.retrieval.base import RetrievalError
-
     logging.basicConfig(level=os.environ.get("RAC_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prog = "python -m " + (sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else "jobs")
@@ -42,7 +51,27 @@ def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = No
         if use_ray:
             init_ray()
         fn(cfg)
-    except (*USER_ERRORS, DataFormatError, RetrievalError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - sorted below; anything else keeps its traceback
+        cause = user_error(e)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The user's error behind ``e`` (also when a Ray task or actor raised it), or None for a bug."""
+    seen = 0
+    while e is not None and seen < 8:  # Ray wraps a worker's exception in its own, sometimes twice
+        if isinstance(e, USER_ERRORS) and not _is_ray_wrapper(e):
+            return e
+        e = getattr(e, "cause", None) or e.__cause__
+        seen += 1
+    return None
+
+
+def _is_ray_wrapper(e: BaseException) -> bool:
+    """Ray's RayTaskError subclasses the worker's exception type, but its message is a traceback."""
+    ray = sys.modules.get("ray")
+    return ray is not None and isinstance(e, ray.exceptions.RayError)

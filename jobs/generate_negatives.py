@@ -5,6 +5,7 @@ import sys
 
 from jobs._door import run
 from rac.decoding import NegativesConfig, run_generate_negatives
+from rac.failures import check_complete
 
 
 def main(cfg: NegativesConfig) -> None:
@@ -13,9 +14,7 @@ def main(cfg: NegativesConfig) -> None:
           f"(alpha {cfg.sampling.alpha}, realised mixing rate {summary['mean_mixing_rate']}); "
           f"{summary['error_rows']} error rows ({cfg.output_dir}/errors.jsonl); {summary['skipped']} were already "
           f"written, {summary['generated']} decoded now; outputs in {cfg.output_dir}/negatives")
-    if summary["generation_failures"]:
-        raise RuntimeError(f"decoding failed for {summary['generation_failures']} rows; they are recorded in "
-                           f"{cfg.output_dir}/errors.jsonl; a rerun into the same output_dir decodes them again")
+    check_complete("negatives", summary)
 
 
 if __name__ == "__main__":

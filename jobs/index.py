@@ -3,6 +3,7 @@
 import sys
 
 from jobs._door import run
+from rac.failures import check_complete
 from rac.retrieval import IndexConfig, run_index
 
 
@@ -10,9 +11,7 @@ def main(cfg: IndexConfig) -> None:
     summary = run_index(cfg)
     print(f"indexed {summary['indexed']} of {summary['passages']} passages ({summary['backend']}); "
           f"outputs in {cfg.output_dir}")
-    if summary["failed"]:
-        raise RuntimeError(f"{summary['failed']} passages were not indexed; "
-                           f"see {cfg.output_dir}/index_errors.jsonl for each id and reason")
+    check_complete("index", summary)
 
 
 if __name__ == "__main__":

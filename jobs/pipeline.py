@@ -19,7 +19,8 @@ if __name__ == "__main__":
     if "--from" in argv:  # not a config key: which stage to re-run from
         i = argv.index("--from")
         if i + 1 >= len(argv):
-            sys.exit("--from needs a stage name")
+            print("config error: --from needs a stage name", file=sys.stderr)
+            sys.exit(2)
         start_from = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
     sys.exit(run(PipelineConfig, lambda cfg: main(cfg, start_from), argv=argv))

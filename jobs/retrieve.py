@@ -3,6 +3,7 @@
 import sys
 
 from jobs._door import run
+from rac.failures import check_complete
 from rac.retrieval import RetrieveConfig, format_examples, read_retrieved, run_retrieve
 
 
@@ -13,9 +14,7 @@ def main(cfg: RetrieveConfig) -> None:
     print(f"{summary['with_passages']} of {summary['records']} queries retrieved, {summary['without_passages']} "
           f"matched no passage, {summary['error_rows']} error rows ({cfg.output_dir}/errors.jsonl); outputs in "
           f"{cfg.output_dir}")
-    if summary["server_failures"]:
-        raise RuntimeError(f"the search server failed for {summary['server_failures']} rows; they are "
-                           f"recorded in {cfg.output_dir}/errors.jsonl")
+    check_complete("retrieve", summary)
 
 
 if __name__ == "__main__":

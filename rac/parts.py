@@ -1,7 +1,11 @@
 """Resumable stage output: Parquet parts written atomically, keyed by row id.
 
 The retrieval and negatives stages write each finished block of rows as its own part, to a
-temporary name that is then renamed, so a part is either whole or absent. A run that is
+temporary name that is flushed to disk and then renamed, so a part is either whole or absent;
+a part found cut short all the same (a disk that lost its tail) is deleted when the next run
+starts, and its rows are done again. Small JSON files that record progress (``_params.json``,
+the pipeline's manifests) go through :func:`write_json` and :func:`read_json` on the same
+terms: written whole or not at all, and a file cut short reads as absent, never as done. A run that is
 killed and started again reads the ids already written and does only the others: nothing
 is lost, nothing is written twice. A ``_params.json`` beside the parts records the settings
 they were made with; parts made with other settings are never mixed with new ones.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import time
@@ -27,6 +32,8 @@ import pyarrow.parquet as pq
 
 from rac.config import ConfigError
 
+logger = logging.getLogger(__name__)
+
 #: Settings the parts of a folder were made with. The leading underscore keeps it out of
 #: ``pq.read_table(folder)``, which skips names starting with '_' or '.'.
 PARAMS_FILE = "_params.json"
@@ -35,15 +42,76 @@ PART_GLOB = "part-*.parquet"
 FAULT_KILL_AFTER_PARTS = "RAC_FAULT_KILL_AFTER_PARTS"
 
 
+def _replace_durably(tmp: Path, final: Path) -> None:
+    """Flush ``tmp`` to disk, then rename it to ``final``: a crash leaves the old file or the new one."""
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` whole or not at all (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    _replace_durably(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; None when it is absent or cut short (unreadable: its work is redone)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        logger.warning("%s is unreadable (%s: %s); treating it as absent", path, type(e).__name__, e)
+        return None
+
+
 def part_files(parts_dir: str | Path) -> list[Path]:
-    """The complete parts of ``parts_dir`` (temporary files of a killed run are not parts)."""
+    """The parts of ``parts_dir`` (temporary files of a killed run are not parts)."""
     return sorted(Path(parts_dir).glob(PART_GLOB))
 
 
+def is_whole(file: str | Path) -> bool:
+    """Whether a Parquet file ends with a readable footer (a file cut short does not)."""
+    try:
+        pq.read_metadata(file)
+        return True
+    except (pa.ArrowException, OSError):
+        return False
+
+
+def drop_broken_parts(parts_dir: str | Path) -> int:
+    """Delete what a killed or crashed run left unfinished: temporary files and parts cut
+    short. Their rows are then absent, so the run redoes them. Returns the parts deleted."""
+    parts_dir = Path(parts_dir)
+    for stale in parts_dir.glob(".part-*.tmp"):  # a part a killed run was writing
+        stale.unlink()
+    broken = [f for f in part_files(parts_dir) if not is_whole(f)]
+    for file in broken:
+        logger.warning("%s is cut short (no Parquet footer); deleting it, its rows will be done again", file)
+        file.unlink()
+    return len(broken)
+
+
+def _read_table(files: list[Path], **kwargs: Any) -> pa.Table:
+    """``pq.read_table(files)``, a broken file named in a :class:`DataFormatError`."""
+    from rac.data.loaders import DataFormatError
+
+    try:
+        return pq.read_table(files, **kwargs)
+    except (pa.ArrowException, OSError) as e:
+        bad = next((f for f in files if not is_whole(f)), files[0].parent if files else "")
+        raise DataFormatError(bad, "", f"not a readable Parquet file ({e}); it may have been cut short: run "
+                                       f"the stage that wrote it again") from None
+
+
 def read_parts(parts_dir: str | Path, schema: pa.Schema | None = None) -> pa.Table | None:
-    """All complete parts as one table, or None when there are none."""
+    """All parts as one table, or None when there are none."""
     files = part_files(parts_dir)
-    return pq.read_table(files, schema=schema) if files else None
+    return _read_table(files, schema=schema) if files else None
 
 
 def read_stage_output(path: str | Path, subdir: str, columns: tuple[str, ...] | list[str], absent: str,
@@ -61,7 +129,7 @@ def read_stage_output(path: str | Path, subdir: str, columns: tuple[str, ...] | 
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []  # ours are part-*, any will do
     if not files:
         raise FileNotFoundError(f"no Parquet files in {folder}; {absent}")
-    table = pq.read_table(files)
+    table = _read_table(files)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise DataFormatError(folder, "", f"columns {missing} are missing; expected {expected}")
@@ -69,9 +137,9 @@ def read_stage_output(path: str | Path, subdir: str, columns: tuple[str, ...] | 
 
 
 def written_ids(parts_dir: str | Path) -> set[str]:
-    """Ids in the complete parts of ``parts_dir``."""
+    """Ids in the parts of ``parts_dir``."""
     files = part_files(parts_dir)
-    return set(pq.read_table(files, columns=["id"]).column("id").to_pylist()) if files else set()
+    return set(_read_table(files, columns=["id"]).column("id").to_pylist()) if files else set()
 
 
 def write_part(parts_dir: str | Path, name: str, table: pa.Table) -> Path:
@@ -80,7 +148,7 @@ def write_part(parts_dir: str | Path, name: str, table: pa.Table) -> Path:
     tmp = parts_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
     pq.write_table(table, tmp)
     final = parts_dir / name
-    os.replace(tmp, final)  # atomic: a reader sees the whole part or none of it
+    _replace_durably(tmp, final)  # a reader sees the whole part or none of it
     return final
 
 
@@ -115,8 +183,13 @@ def check_params(parts_dir: str | Path, params: dict[str, Any], restart_hint: st
     parts_dir = Path(parts_dir)
     path = parts_dir / PARAMS_FILE
     params = json.loads(json.dumps(params, default=str))  # as it reads back from the file
-    if path.is_file():
-        before = json.loads(path.read_text())
+    before = read_json(path)
+    if path.is_file() and not isinstance(before, dict):
+        before = None
+        logger.warning("%s is cut short; the parts beside it cannot be matched to settings and are done again",
+                       path)
+        clear_parts(parts_dir)
+    if before is not None:
         diff = {k: (before.get(k), v) for k, v in params.items() if before.get(k) != v}
         if diff:
             changes = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
@@ -126,7 +199,7 @@ def check_params(parts_dir: str | Path, params: dict[str, Any], restart_hint: st
         raise ConfigError(f"{parts_dir} holds parts without {PARAMS_FILE}; {restart_hint}, or set output_dir to a "
                           f"new directory")
     else:
-        path.write_text(json.dumps(params, indent=2))
+        write_json(path, params)
 
 
 def table_digest(table: pa.Table, columns: list[str]) -> str:
@@ -148,8 +221,7 @@ class PartWriter:
     def __init__(self, parts_dir: str | Path):
         self.parts_dir = Path(parts_dir)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.parts_dir.glob(".part-*.tmp"):  # a part a killed run was writing
-            stale.unlink()
+        drop_broken_parts(self.parts_dir)
         self.stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.parts = self.rows = 0
         kill_after = os.environ.get(FAULT_KILL_AFTER_PARTS)

@@ -8,6 +8,12 @@ whose config and inputs are unchanged; ``--from STAGE`` re-runs that stage and a
 A stage killed midway resumes from what it wrote (retrieval and negatives skip the ids
 already written, training resumes from its last checkpoint) when it is run again with the
 same config and inputs; with others, its folder is deleted and the stage starts clean.
+
+A stage whose rows failed (:mod:`rac.failures`: the search server did not answer, decoding
+raised) is not finished: no manifest is written, :class:`~rac.failures.StageIncompleteError`
+stops the run, and the next run redoes exactly those rows. Manifests and ``started.json``
+are written whole or not at all, and one cut short reads as absent (the stage runs again);
+a finished stage whose Parquet files changed size or went missing runs again too.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from rac.config import ActorPoolConfig, ConfigError, field_help, git_revision, n
 from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
 from rac.evaluation.config import EvaluateConfig
+from rac.failures import check_complete
 from rac.models.prepare import PrepareModelConfig
+from rac.parts import read_json, write_json
 from rac.retrieval import IndexConfig, RetrieveConfig, RetrieverConfig
 from rac.training.config import RACConfig, SFTConfig
 
@@ -172,8 +180,10 @@ def external_inputs(stage: str, cfg: PipelineConfig) -> dict[str, str]:
     return out
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+def parquet_sizes(stage_dir: Path) -> dict[str, int]:
+    """Size of every Parquet file a stage wrote: a finished stage whose files no longer match
+    (one cut short, one deleted) is run again rather than trusted."""
+    return {str(p.relative_to(stage_dir)): p.stat().st_size for p in sorted(stage_dir.rglob("*.parquet"))}
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
@@ -220,7 +230,7 @@ def _prepare_stage_dir(stage_dir: Path, key: dict[str, Any], forced: bool) -> No
         logger.info("%s: deleting the earlier output (%s) before running", stage_dir, why)
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / STARTED).write_text(json.dumps(key, indent=2))
+    write_json(stage_dir / STARTED, key)
 
 
 def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str, dict[str, Any]]:
@@ -242,8 +252,14 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
         inputs.update(external_inputs(stage, cfg))
         config_hash = _hash(to_dict(stage_cfg))
         previous = read_manifest(run / stage)
-        if (not forced and previous and previous.get("config_hash") == config_hash
-                and previous.get("inputs") == inputs):
+        unchanged = (not forced and previous and previous.get("config_hash") == config_hash
+                     and previous.get("inputs") == inputs)
+        outputs = parquet_sizes(run / stage)
+        if unchanged and previous.get("outputs", outputs) != outputs:  # manifests of before: not checked
+            logger.warning("stage %d/%d %s: its Parquet output changed since it finished (a file cut short or "
+                           "deleted?); running it again", i, len(cfg.stages), stage)
+            unchanged = False
+        if unchanged:
             logger.info("stage %d/%d %s: unchanged since %s, skipped", i, len(cfg.stages), stage,
                         previous.get("finished"))
             manifests[stage] = {**previous, "skipped": True}
@@ -252,16 +268,17 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
         logger.info("stage %d/%d %s: running", i, len(cfg.stages), stage)
         start = time.perf_counter()
         summary = run_fns[stage](stage_cfg)
+        check_complete(stage, summary)  # failed rows: no manifest, so the rerun redoes them
         rows_in, rows_out = _rows(summary)
         manifest = {
-            "stage": stage, "config_hash": config_hash, "inputs": inputs,
+            "stage": stage, "config_hash": config_hash, "inputs": inputs, "outputs": parquet_sizes(run / stage),
             "fingerprint": _hash([config_hash, inputs]), "rows_in": rows_in, "rows_out": rows_out,
             "summary": summary, "seconds": round(time.perf_counter() - start, 1),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "git_revision": git_revision(), "versions": package_versions(),
         }
         (run / stage).mkdir(parents=True, exist_ok=True)
-        (run / stage / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        write_json(run / stage / MANIFEST, manifest)
         manifests[stage] = {**manifest, "skipped": False}
     return manifests
 

@@ -5,7 +5,18 @@ import pytest
 
 from rac.config import ConfigError
 from rac.data.loaders import DataFormatError
-from rac.parts import PARAMS_FILE, PartWriter, check_params, drop_error_rows, read_stage_output, written_ids
+from rac.parts import (
+    PARAMS_FILE,
+    PartWriter,
+    check_params,
+    drop_error_rows,
+    part_files,
+    read_json,
+    read_parts,
+    read_stage_output,
+    write_json,
+    written_ids,
+)
 from rac.retrieval import read_retrieved
 
 
@@ -52,3 +63,38 @@ def test_reading_stage_output_names_what_is_missing(tmp_path):
     PartWriter(tmp_path / "retrieved").write(_rows(["a"]))
     with pytest.raises(DataFormatError, match="ids are not unique"):
         read_retrieved(tmp_path, columns=("id", "query"))
+
+
+def test_a_part_cut_short_is_deleted_and_its_rows_redone(tmp_path):
+    parts = tmp_path / "parts"
+    writer = PartWriter(parts)
+    writer.write(_rows(["a", "b"]))
+    writer.write(_rows(["c", "d"]))
+    cut = part_files(parts)[1]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a disk that lost the tail of a part
+    with pytest.raises(DataFormatError, match=f"{cut}: not a readable Parquet file.*cut short"):
+        read_parts(parts)
+    PartWriter(parts)  # the next run starts: the part is deleted, its rows are absent, so done again
+    assert written_ids(parts) == {"a", "b"}
+
+
+def test_json_cut_short_reads_as_absent_and_params_cut_short_restart_the_parts(tmp_path):
+    write_json(tmp_path / "m.json", {"stage": "retrieve", "rows": list(range(50))})
+    text = (tmp_path / "m.json").read_text()
+    assert read_json(tmp_path / "m.json") == {"stage": "retrieve", "rows": list(range(50))}
+    assert not list(tmp_path.glob("*.tmp"))
+    for cut in (0, 1, len(text) // 2, len(text) - 1):
+        (tmp_path / "m.json").write_text(text[:cut])
+        assert read_json(tmp_path / "m.json") is None
+    (tmp_path / "m.json").write_bytes(b"\xff\xfe{")
+    assert read_json(tmp_path / "m.json") is None
+    assert read_json(tmp_path / "absent.json") is None
+
+    (tmp_path / "parts").mkdir()
+    check_params(tmp_path / "parts", {"top_k": 3}, restart_hint="")
+    PartWriter(tmp_path / "parts").write(_rows(["a"]))
+    params = tmp_path / "parts" / PARAMS_FILE
+    params.write_text(params.read_text()[:5])
+    check_params(tmp_path / "parts", {"top_k": 3}, restart_hint="")  # not trusted, not crashed on
+    assert written_ids(tmp_path / "parts") == set()  # rows that cannot be matched to settings: redone
+    assert read_json(params) == {"top_k": 3}

@@ -7,7 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from rac.config import ConfigError, parse_config
-from rac.pipeline import MANIFEST, PipelineConfig, run_pipeline
+from rac.data import load_data
+from rac.failures import StageIncompleteError, failure_summary
+from rac.pipeline import MANIFEST, STARTED, PipelineConfig, run_pipeline, runners
 from rac.retrieval import read_retrieved
 
 
@@ -61,3 +63,55 @@ def test_keys_the_pipeline_sets_are_refused_in_stage_sections(key):
     with pytest.raises(ConfigError, match=f"{key.replace('.', '[.]')} is set by the pipeline"):
         parse_config(PipelineConfig, [f"--{key}", "elsewhere"])
     parse_config(PipelineConfig, ["--sft.learning_rate", "0.001"])  # any other key of a section is taken
+
+
+def test_failed_rows_and_files_cut_short_are_never_taken_as_done(ray_local, tmp_path, monkeypatch):
+    cfg = parse_config(PipelineConfig, ["--run_dir", str(tmp_path), "--stages", "[index, retrieve]",
+                                        "--retrieve_pool.batch_size", "20"])
+    run_pipeline(cfg)
+    stage_dir = tmp_path / "retrieve"
+    parts = sorted((stage_dir / "retrieved").glob("part-*.parquet"))
+    assert len(parts) == 6
+
+    # A crash cut the manifest and a part short: the stage runs again and redoes that part's rows.
+    manifest = stage_dir / MANIFEST
+    manifest.write_text(manifest.read_text()[:40])
+    lost = pq.read_metadata(parts[2]).num_rows
+    parts[2].write_bytes(parts[2].read_bytes()[:300])
+    again = run_pipeline(cfg)
+    assert again["index"]["skipped"] and not again["retrieve"]["skipped"]
+    assert (again["retrieve"]["summary"]["skipped"], again["retrieve"]["summary"]["searched"]) == (102 - lost, lost)
+    assert sorted(read_retrieved(stage_dir).column("id").to_pylist()) == sorted(
+        r["id"] for r in load_data("demo").records)
+
+    # started.json cut short: the output cannot be matched to a config, so the stage starts clean.
+    manifest.unlink()
+    (stage_dir / STARTED).write_text("{")
+    assert run_pipeline(cfg)["retrieve"]["summary"]["searched"] == 102
+
+    # A stage that ends with failed rows is not finished: no manifest, the run stops naming the
+    # stage, the count and the errors file; the next run does the stage again.
+    real = runners()
+
+    def retrieve_with_failures(c):
+        summary = real["retrieve"](c)
+        return {**summary, **failure_summary([{"id": "x", "error": "retrieval failed: server gone"}],
+                                             tmp_path / "retrieve" / "errors.jsonl")}
+
+    monkeypatch.setattr("rac.pipeline.runners", lambda: {**real, "retrieve": retrieve_with_failures})
+    with pytest.raises(StageIncompleteError, match=r"stage retrieve is incomplete: 1 of 102 rows failed \(first: "
+                                                   r"retrieval failed: server gone\)\. They are listed in .*errors"):
+        run_pipeline(cfg, start_from="retrieve")
+    assert not manifest.exists()
+    monkeypatch.setattr("rac.pipeline.runners", lambda: real)
+    resumed = run_pipeline(cfg)
+    assert not resumed["retrieve"]["skipped"] and manifest.is_file()
+
+    # A part of the finished stage cut short later: the stage is not skipped, its rows are redone.
+    part = sorted((stage_dir / "retrieved").glob("part-*.parquet"))[0]
+    lost = pq.read_metadata(part).num_rows
+    part.write_bytes(part.read_bytes()[:100])
+    redone = run_pipeline(cfg)
+    assert redone["index"]["skipped"] and not redone["retrieve"]["skipped"]
+    assert redone["retrieve"]["summary"]["searched"] == lost
+    assert run_pipeline(cfg)["retrieve"]["skipped"]

@@ -10,7 +10,6 @@ file, the line or row, and the field.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -36,8 +35,11 @@ class DataFormatError(ValueError):
     """A data file that cannot be read: names the file, the line or row, and the field."""
 
     def __init__(self, path: str | Path, where: str, message: str):
-        self.path, self.where = str(path), where
+        self.path, self.where, self.message = str(path), where, message
         super().__init__(f"{path}: {where}: {message}" if where else f"{path}: {message}")
+
+    def __reduce__(self):  # pickled whole, so that it crosses from a Ray worker to the driver
+        return type(self), (self.path, self.where, self.message)
 
 
 @dataclass
@@ -54,6 +56,31 @@ class LoadedData:
     @property
     def rows_in(self) -> int:
         return len(self.records) + len(self.dropped)
+
+
+def read_text(path: Path, missing_hint: str) -> str:
+    """The UTF-8 text of ``path``; a file that is absent, unreadable or not UTF-8 is a
+    :class:`DataFormatError` naming the file (and the line of the first bad byte)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataFormatError(path, "", f"file not found; {missing_hint}") from None
+    except IsADirectoryError:
+        raise DataFormatError(path, "", f"is a directory, not a file; {missing_hint}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataFormatError(path, f"line {line}", f"not UTF-8 text (byte {e.start}: {e.reason}); save the file "
+                                                    f"as UTF-8") from None
+
+
+def _lines(path: Path, text: str) -> list[tuple[int, str]]:
+    """Numbered non-blank lines of ``text``; no line at all is an error (an empty file)."""
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise DataFormatError(path, "", "empty file: no records")
+    return lines
 
 
 def clean_text(text: str) -> str:
@@ -104,10 +131,9 @@ def load_qulac(path: str | Path, dedupe: bool = True) -> LoadedData:
     Passage sources: ``topic_desc`` and ``facet_desc``.
     """
     path = Path(path)
+    text = read_text(path, "set data.path to Qulac's qulac.json")
     try:
-        columns = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataFormatError(path, "", "file not found; set data.path to Qulac's qulac.json") from None
+        columns = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataFormatError(path, f"line {e.lineno}", f"not valid JSON ({e.msg})") from None
     if not isinstance(columns, dict):
@@ -144,38 +170,44 @@ def load_clariq(path: str | Path, dedupe: bool = True) -> LoadedData:
     aside with that reason.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, "", "file not found; set data.path to a ClariQ TSV file")
+    text = read_text(path, "set data.path to a ClariQ TSV file")
     builder = _RecordBuilder("clariq", dedupe)
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None:
-            raise DataFormatError(path, "line 1", "empty file; expected a header row")
-        missing = [c for c in CLARIQ_COLUMNS if c not in header]
-        if missing:
-            raise DataFormatError(path, "line 1", f"header lacks column(s) {', '.join(missing)}")
-        index = {c: header.index(c) for c in CLARIQ_COLUMNS}
-        for lineno, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise DataFormatError(path, f"line {lineno}",
-                                      f"{len(fields)} fields, header has {len(header)} (a stray tab?)")
-            row = {c: fields[i].strip() for c, i in index.items()}
-            for col in ("topic_id", "initial_request"):
-                if not row[col]:
-                    raise DataFormatError(path, f"line {lineno}", f"field '{col}' is empty")
-            question = row["question"] if row["question"].lower() not in ("", "nan") else None
-            if row["topic_desc"]:
-                builder.document(row["topic_desc"], "topic_desc")
-            if row["facet_desc"]:
-                builder.document(row["facet_desc"], "facet_desc")
-            qid = row["question_id"] if row["question_id"].lower() not in ("", "nan") else f"line{lineno}"
-            builder.add(f"line {lineno}", make_record(
-                id=f"clariq-{row['topic_id']}-{qid}", query=clean_text(row["initial_request"]),
-                question=clean_text(question) if question else None, topic_id=row["topic_id"],
-                facet_id=row["facet_id"] or None))
+    lines = text.split("\n")
+    if not text.strip():
+        raise DataFormatError(path, "line 1", "empty file; expected a header row")
+    if lines[-1].strip():
+        # Every line of a TSV ends with a line break; a last line without one is a file cut
+        # short, and its last field may be cut too.
+        raise DataFormatError(path, f"line {len(lines)}", "the file ends inside a line (no line break after the "
+                                                          "last row): cut short? If it is complete, end it with "
+                                                          "a line break")
+    header = lines[0].rstrip("\r").split("\t")
+    missing = [c for c in CLARIQ_COLUMNS if c not in header]
+    if missing:
+        raise DataFormatError(path, "line 1", f"header lacks column(s) {', '.join(missing)}")
+    index = {c: header.index(c) for c in CLARIQ_COLUMNS}
+    for lineno, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise DataFormatError(path, f"line {lineno}",
+                                  f"{len(fields)} fields, header has {len(header)} (a stray tab?)")
+        row = {c: fields[i].strip() for c, i in index.items()}
+        for col in ("topic_id", "initial_request"):
+            if not row[col]:
+                raise DataFormatError(path, f"line {lineno}", f"field '{col}' is empty")
+        question = row["question"] if row["question"].lower() not in ("", "nan") else None
+        if row["topic_desc"]:
+            builder.document(row["topic_desc"], "topic_desc")
+        if row["facet_desc"]:
+            builder.document(row["facet_desc"], "facet_desc")
+        qid = row["question_id"] if row["question_id"].lower() not in ("", "nan") else f"line{lineno}"
+        builder.add(f"line {lineno}", make_record(
+            id=f"clariq-{row['topic_id']}-{qid}", query=clean_text(row["initial_request"]),
+            question=clean_text(question) if question else None, topic_id=row["topic_id"],
+            facet_id=row["facet_id"] or None))
     return builder.data
 
 
@@ -186,24 +218,36 @@ def load_demo(path: str | Path | None = None) -> LoadedData:
         text = resources.files("rac.data").joinpath(DEMO_PATH).read_text(encoding="utf-8")
         path = f"rac/data/{DEMO_PATH}"
     else:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_text(Path(path), "set data.path to a demo-format JSON file")
     try:
         demo = json.loads(text)
-        topics = demo["topics"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataFormatError(path, "", f"not a demo file with a 'topics' list ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, f"line {e.lineno}", f"not valid JSON ({e.msg})") from None
+    topics = demo.get("topics") if isinstance(demo, dict) else None
+    if not isinstance(topics, list) or not topics:
+        raise DataFormatError(path, "", "not a demo file with a non-empty 'topics' list")
     builder = _RecordBuilder("demo", dedupe=True)
     for i, topic in enumerate(topics):
-        try:
-            builder.document(topic["description"], "topic_description")
-            for facet in topic["facets"]:
-                builder.document(facet["passage"], "facet_passage")
-                builder.add(f"topic {i}", make_record(
-                    id=facet["facet_id"], query=topic["query"], question=facet["question"],
-                    topic_id=topic["topic_id"], facet_id=facet["facet_id"]))
-        except (KeyError, TypeError) as e:
-            raise DataFormatError(path, f"topic {i}", f"field {e} is missing") from None
+        facets = topic.get("facets") if isinstance(topic, dict) else None
+        if not isinstance(facets, list):
+            raise DataFormatError(path, f"topic {i}", "expected an object with a 'facets' list")
+        _check_strings(path, f"topic {i}", topic, ("topic_id", "query", "description"))
+        builder.document(topic["description"], "topic_description")
+        for j, facet in enumerate(facets):
+            _check_strings(path, f"topic {i}, facet {j}", facet, ("facet_id", "passage", "question"))
+            builder.document(facet["passage"], "facet_passage")
+            builder.add(f"topic {i}", make_record(
+                id=facet["facet_id"], query=topic["query"], question=facet["question"],
+                topic_id=topic["topic_id"], facet_id=facet["facet_id"]))
     return builder.data
+
+
+def _check_strings(path: str | Path, where: str, obj: Any, names: tuple[str, ...]) -> None:
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, where, f"expected an object with fields {', '.join(names)}")
+    for name in names:
+        if not isinstance(obj.get(name), str):
+            raise DataFormatError(path, where, f"field '{name}' is missing or not a string")
 
 
 def _check_record(rec: Any, path: Path, where: str) -> dict[str, Any]:
@@ -242,19 +286,14 @@ def _check_unique_ids(records: list[dict[str, Any]], path: Path, where_of) -> No
 def load_jsonl(path: str | Path) -> LoadedData:
     """A JSONL file of records (fields of :data:`rac.data.schema.RECORD_SCHEMA`)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, "", "file not found; set data.path to a JSONL file of records")
     records, lines = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, f"line {lineno}", f"not valid JSON ({e.msg} at column {e.colno})") from None
-            records.append(_check_record(rec, path, f"line {lineno}"))
-            lines.append(lineno)
+    for lineno, line in _lines(path, read_text(path, "set data.path to a JSONL file of records")):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, f"line {lineno}", f"not valid JSON ({e.msg} at column {e.colno})") from None
+        records.append(_check_record(rec, path, f"line {lineno}"))
+        lines.append(lineno)
     _check_unique_ids(records, path, lambda i: f"line {lines[i]}")
     return LoadedData(name=path.stem, records=records)
 
@@ -264,41 +303,52 @@ def load_parquet(path: str | Path) -> LoadedData:
     path = Path(path)
     if not path.exists():
         raise DataFormatError(path, "", "not found; set data.path to a Parquet file or directory")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataFormatError(path, "", f"not readable as Parquet ({e})") from None
+    table = _read_parquet(path)
     for name in REQUIRED_FIELDS:
         if name not in table.column_names:
             raise DataFormatError(path, f"column '{name}'", "missing; records need columns id and query")
     if "passages" in table.column_names and not table.schema.field("passages").type.equals(pa.list_(PASSAGE_TYPE)):
-        table = table.set_column(table.column_names.index("passages"), "passages",
-                                 table.column("passages").cast(pa.list_(PASSAGE_TYPE)))
+        try:
+            passages = table.column("passages").cast(pa.list_(PASSAGE_TYPE))
+        except (pa.ArrowException, ValueError, TypeError) as e:
+            raise DataFormatError(path, "column 'passages'", f"not a list of {{id, text, score}} ({e})") from None
+        table = table.set_column(table.column_names.index("passages"), "passages", passages)
+    if table.num_rows == 0:
+        raise DataFormatError(path, "", "no records")
     records = [_check_record(rec, path, f"row {i}") for i, rec in enumerate(table.to_pylist())]
     _check_unique_ids(records, path, lambda i: f"row {i}")
     return LoadedData(name=path.stem, records=records)
 
 
+def _read_parquet(path: Path) -> pa.Table:
+    """A Parquet file (or folder) read whole and decoded: a file cut short or damaged, whichever
+    part of it the damage hit, is a :class:`DataFormatError` naming it."""
+    try:
+        table = pq.read_table(path)
+        table.validate(full=True)  # e.g. strings that are not UTF-8
+        return table
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataFormatError(path, "", f"not readable as Parquet ({type(e).__name__}: {e}); cut short or "
+                                        f"damaged? Write it again") from None
+
+
 def load_corpus_file(path: str | Path) -> list[dict[str, str]]:
     """A passage corpus given as JSONL or Parquet rows with ``id`` and ``text``."""
     path = Path(path)
+    hint = "set data.corpus_path to a JSONL/Parquet corpus"
     if path.suffix == ".jsonl":
         rows = []
-        if not path.is_file():
-            raise DataFormatError(path, "", "file not found; set data.corpus_path to a JSONL/Parquet corpus")
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((f"line {lineno}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataFormatError(path, f"line {lineno}", f"not valid JSON ({e.msg})") from None
+        for lineno, line in _lines(path, read_text(path, hint)):
+            try:
+                rows.append((f"line {lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, f"line {lineno}", f"not valid JSON ({e.msg})") from None
     else:
-        try:
-            rows = [(f"row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataFormatError(path, "", f"not readable as Parquet or JSONL ({e})") from None
+        if not path.exists():
+            raise DataFormatError(path, "", f"file not found; {hint}")
+        rows = [(f"row {i}", r) for i, r in enumerate(_read_parquet(path).to_pylist())]
+        if not rows:
+            raise DataFormatError(path, "", "no passages")
     out = []
     for where, row in rows:
         for name in ("id", "text"):
@@ -315,14 +365,13 @@ def load_data(format: str, path: str | Path | None = None, dedupe: bool = True) 
     """Load records in ``format`` (``demo``, ``qulac``, ``clariq``, ``jsonl`` or ``parquet``)."""
     if format == "demo":
         return load_demo(path)
-    if format in ("qulac", "clariq"):
-        if path is None:
-            raise DataFormatError("data.path", "", f"format '{format}' needs data.path")
-        return LOADERS[format](path, dedupe=dedupe)
     if format in LOADERS:
         if path is None:
             raise DataFormatError("data.path", "", f"format '{format}' needs data.path")
-        return LOADERS[format](path)
+        loaded = LOADERS[format](path, dedupe=dedupe) if format in ("qulac", "clariq") else LOADERS[format](path)
+        if loaded.rows_in == 0:
+            raise DataFormatError(path, "", f"no rows: an empty {format} file?")
+        return loaded
     raise ValueError(f"unknown data format {format!r}; choose demo, qulac, clariq, jsonl or parquet")
 
 

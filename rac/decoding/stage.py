@@ -21,10 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rac.config import write_run_info
+from rac.data.loaders import DataFormatError
 from rac.data.schema import PASSAGE_TYPE
 from rac.decoding.config import NegativesConfig
 from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
 from rac.decoding.models import check_same_tokenizer, model_revision
+from rac.failures import failure_summary
 from rac.models.factory import check_model_dir, load_causal_lm, resolve_device
 from rac.models.generation import GENERATION_FAILURE
 from rac.parts import (
@@ -251,17 +253,19 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
     written = written.filter(pc.is_in(written.column("id"), value_set=pa.array(ids, type=pa.string())))
     written_list = written.column("id").to_pylist()
     if len(written_list) != len(set(written_list)) or set(written_list) != set(ids):
-        raise RuntimeError(f"negatives hold {len(written_list)} rows ({len(set(written_list))} distinct ids) for "
-                           f"{len(ids)} input rows; the parts in {parts_dir} are inconsistent")
+        raise DataFormatError(parts_dir, "", f"the parts hold {len(written_list)} rows ({len(set(written_list))} "
+                                             f"distinct ids) for {len(ids)} input rows; delete the folder and run "
+                                             f"again")
     errors = written.filter(pc.is_valid(written.column("error"))).select(["id", "error"]).to_pylist()
     with (out / "errors.jsonl").open("w") as f:
         for row in errors:
             f.write(json.dumps(row) + "\n")
+    failed = [e for e in errors if e["error"].startswith(GENERATION_FAILURE)]
     rates = written.column("mixing_rate").drop_null()
     summary = {
         "rows_in": len(ids), "skipped": len(ids) - len(todo_rows), "generated": len(todo_rows), "retried": retried,
         "with_negative": len(ids) - len(errors), "error_rows": len(errors),
-        "generation_failures": sum(e["error"].startswith(GENERATION_FAILURE) for e in errors),
+        "generation_failures": len(failed), **failure_summary(failed, out / "errors.jsonl"),
         "alpha": cfg.sampling.alpha, "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None,
         **revisions,
     }

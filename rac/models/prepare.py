@@ -53,9 +53,15 @@ def prepare_model(cfg: PrepareModelConfig) -> Path:
     if not gguf.is_file():
         raise ConfigError(f"gguf_file {gguf} does not exist")
     kwargs = {"gguf_file": gguf.name}
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32,
-                                                 quantization_config=GgufConfig(dequantize=True), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    except (ValueError, OSError, EOFError) as e:  # what the GGUF reader raises on a damaged file
+        from rac.data.loaders import DataFormatError
+
+        raise DataFormatError(gguf, "", f"not a readable GGUF model ({e}); download it again or set "
+                                        f"gguf_file to another file") from None
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rac.parts import write_json
 from rac.retrieval.base import Hit, IndexMissingError, bm25_terms
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ class EmbeddedBM25Retriever:
         pq.write_table(pa.Table.from_pylist([{"id": p["id"], "text": p["text"]} for p in passages]),
                        index_dir / PASSAGES_FILE)
         digest = hashlib.sha256(json.dumps([[p["id"], p["text"]] for p in passages]).encode()).hexdigest()[:16]
-        (index_dir / PARAMS_FILE).write_text(json.dumps({"k1": k1, "b": b, "num_passages": len(passages),
-                                                         "corpus_digest": digest}))
+        # Written last and whole: its presence marks a complete index.
+        write_json(index_dir / PARAMS_FILE, {"k1": k1, "b": b, "num_passages": len(passages),
+                                             "corpus_digest": digest})
         logger.info("embedded BM25 index of %d passages written to %s", len(passages), index_dir)
         return index_dir
 

@@ -17,20 +17,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rac.config import ActorPoolConfig, write_run_info
+from rac.data.config import DataConfig
 from rac.data.loaders import DataFormatError
 from rac.data.prepare import prepare_data
 from rac.data.schema import PASSAGE_TYPE, records_to_table
+from rac.failures import failure_summary
 from rac.parts import (
     PartWriter,
     check_params,
     clear_parts,
     drop_error_rows,
-    part_files,
+    read_parts,
     read_stage_output,
     table_digest,
     written_ids,
 )
-from rac.retrieval.base import IndexMissingError, RetrievalError, Retriever, query_error
+from rac.retrieval.base import IndexMissingError, RetrievalError, Retriever, bm25_terms, query_error
 from rac.retrieval.config import IndexConfig, RetrieveConfig, RetrieverConfig
 from rac.retrieval.elasticsearch import ElasticsearchRetriever
 from rac.retrieval.embedded import PARAMS_FILE, EmbeddedBM25Retriever
@@ -117,6 +119,15 @@ def _set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
 # ----------------------------------------------------------------------------- stages
 
 
+def check_corpus(corpus: list[dict[str, Any]], data: DataConfig) -> None:
+    """Refuse a corpus that no query could ever match: no passage, or none with a searchable word."""
+    if not any(bm25_terms(p["text"]) for p in corpus):
+        source = data.corpus_path or data.path or "the demo set"
+        raise DataFormatError(source, "", f"no passage of the corpus ({len(corpus)} passages) has a searchable word "
+                                          f"(letters or digits); check the file, or set data.corpus_path to "
+                                          f"another corpus")
+
+
 def run_index(cfg: IndexConfig) -> dict[str, Any]:
     """Build the passage corpus from ``cfg.data`` and index it into the configured backend.
 
@@ -129,6 +140,7 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _, corpus = prepare_data(cfg.data)
+    check_corpus(corpus, cfg.data)
     pq.write_table(pa.Table.from_pylist(corpus), out / "corpus.parquet")
     rcfg = cfg.retriever
     failures: list[dict[str, str]] = []
@@ -155,7 +167,8 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     with (out / "index_errors.jsonl").open("w") as f:
         for row in failures:
             f.write(json.dumps(row) + "\n")
-    summary = {"backend": rcfg.backend, "passages": len(corpus), "indexed": indexed, "failed": len(failures)}
+    summary = {"backend": rcfg.backend, "passages": len(corpus), "indexed": indexed, "failed": len(failures),
+               **failure_summary(failures, out / "index_errors.jsonl")}
     write_run_info(out, "index", cfg, summary=summary)
     logger.info("index: %s", summary)
     return summary
@@ -220,11 +233,11 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
             writer.write(part)
             logger.info("retrieve: %d/%d rows written", writer.rows, todo.num_rows)
 
-    written = pq.read_table(part_files(parts_dir), columns=["id", "query", "passages", "error"])
+    written = read_parts(parts_dir).select(["id", "query", "passages", "error"])
     ids = written.column("id").to_pylist()
     if len(ids) != len(loaded.records) or set(ids) != {r["id"] for r in loaded.records}:
-        raise RuntimeError(f"the parts in {parts_dir} hold {len(ids)} rows ({len(set(ids))} distinct ids) for "
-                           f"{len(loaded.records)} records; delete {parts_dir} and run again")
+        raise DataFormatError(parts_dir, "", f"the parts hold {len(ids)} rows ({len(set(ids))} distinct ids) for "
+                                             f"{len(loaded.records)} records; delete the folder and run again")
     errors = written.filter(pc.is_valid(written.column("error"))).select(["id", "query", "error"])
     # A query none of whose words is in the corpus gets no passage: no error, nothing to ground on.
     found = pc.fill_null(pc.list_value_length(written.column("passages")), 0)
@@ -235,12 +248,13 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
     with (out / "dropped.jsonl").open("w") as f:
         for row in loaded.dropped:
             f.write(json.dumps(row) + "\n")
-    server_failures = sum(e.startswith(SERVER_FAILURE) for e in errors.column("error").to_pylist())
+    failed = [e for e in errors.to_pylist() if e["error"].startswith(SERVER_FAILURE)]
     summary = {"backend": cfg.retriever.backend, "rows_in": loaded.rows_in, "records": len(loaded.records),
                "skipped": table.num_rows - todo.num_rows, "searched": todo.num_rows, "retried": retried,
                "rows_out": len(ids), "with_passages": with_passages,
                "without_passages": len(ids) - errors.num_rows - with_passages, "error_rows": errors.num_rows,
-               "server_failures": server_failures, "dropped_rows": len(loaded.dropped)}
+               "server_failures": len(failed), "dropped_rows": len(loaded.dropped),
+               **failure_summary(failed, out / "errors.jsonl")}
     write_run_info(out, "retrieve", cfg, summary=summary)
     logger.info("retrieve: %s", summary)
     return summary

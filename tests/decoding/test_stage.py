@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import signal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +20,9 @@ from rac.data.schema import records_to_table
 from rac.decoding import NegativesConfig, SamplingParams, read_negatives, row_seed, run_generate_negatives
 from rac.decoding.stage import NEGATIVES_DIR, NegativesBatch
 from rac.models.generation import GENERATION_FAILURE
+from rac.parts import part_files, written_ids
 from rac.retrieval import read_retrieved
+from tests.e2e.procs import kill_group, start_job
 
 LONG_QUERY = "which " * 300
 
@@ -84,29 +88,34 @@ def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model
     assert sorted(e["id"] for e in errors) == sorted(BAD_ROWS)
     assert json.loads((tmp_path / "neg" / "run_info.json").read_text())["summary"]["rows_in"] == 19
 
-    # A killed run: some parts never written, one left half-written under its temporary name;
-    # and a row whose decoding raised in that run (an error row, which a rerun decodes again).
-    parts_dir = tmp_path / "neg" / NEGATIVES_DIR
-    parts = sorted(parts_dir.glob("part-*.parquet"))
-    assert len(parts) == 5  # one part per batch of 4
-    lost = [i for p in parts[1:3] for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
-    for p in parts[1:3]:
-        p.unlink()
-    (parts_dir / ".part-killed-00001.parquet.abc.tmp").write_bytes(b"PAR1 half a file")
-    failed = next(i for i in t2_ids if i not in lost and not i.startswith("bad-"))
+    # A real SIGKILL of the running job: the job in a process of its own (with its own Ray) is
+    # killed by the kernel right after its second part is written (RAC_FAULT_KILL_AFTER_PARTS),
+    # then the rest of its process group, as a scheduler or the OOM killer takes a job.
+    killed = dataclasses.replace(cfg, output_dir=str(tmp_path / "killed"))
+    proc = start_job("jobs.generate_negatives", _argv(killed), tmp_path / "killed.log", RAC_FAULT_KILL_AFTER_PARTS="2")
+    assert proc.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert kill_group(proc)  # and nothing of it is left running
+    parts_dir = tmp_path / "killed" / NEGATIVES_DIR
+    assert len(part_files(parts_dir)) == 2  # the parts written before the kill, whole
+    kept = written_ids(parts_dir)
+    lost = sorted(set(t2_ids) - kept)
+    assert len(kept) == 8 and len(lost) == 11
+    # And a row whose decoding raised in that run: an error row, which the rerun decodes again.
+    failed = next(i for i in sorted(kept) if not i.startswith("bad-"))
     _mark_failed(parts_dir, failed)
 
-    # The rerun, through the job's door as a user starts it.
-    assert run(NegativesConfig, negatives_job, argv=_argv(cfg)) == 0
-    again = json.loads((tmp_path / "neg" / "run_info.json").read_text())["summary"]
-    assert (again["skipped"], again["generated"], again["retried"]) == (19 - len(lost) - 1, len(lost) + 1, 1)
-    second = {r["id"]: r for r in read_negatives(cfg.output_dir).to_pylist()}
-    assert sorted(second) == t2_ids
+    # The rerun, through the job's door as a user starts it: only the rows not written, and the failed one.
+    assert run(NegativesConfig, negatives_job, argv=_argv(killed)) == 0
+    again = json.loads((tmp_path / "killed" / "run_info.json").read_text())["summary"]
+    assert (again["skipped"], again["generated"], again["retried"]) == (len(kept) - 1, len(lost) + 1, 1)
+    second = {r["id"]: r for r in read_negatives(killed.output_dir).to_pylist()}
+    assert sorted(second) == t2_ids  # every row once: none lost, none twice
     assert not list(parts_dir.glob("*.tmp"))
-    # Decoded again in other batches, the rows come out the same (per-row seeds).
-    for i in [*lost, failed]:
+    # Decoded in another process and other batches, every row comes out the same (per-row seeds).
+    for i in t2_ids:
         assert (second[i]["rejected_token_ids"], second[i]["provenance"], second[i]["error"]) == \
             (first[i]["rejected_token_ids"], first[i]["provenance"], first[i]["error"])
+    cfg, parts_dir = killed, parts_dir
 
     # Nothing left to do: no actor, no new part.
     n_parts = len(list(parts_dir.glob("part-*.parquet")))
