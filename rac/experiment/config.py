@@ -4,6 +4,7 @@ of RAC variants, the seeds, the validation split and the selection rule."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,14 @@ VARIANT_KEYS = ("alpha", "gamma", "beta", "loss_type", "chosen_source")
 #: Where C+ of a pair comes from: the gold question (the paper), or the grounded model's own
 #: sample at alpha = 0 drawn with the same row seed (chosen and rejected then share one style).
 CHOSEN_SOURCES = ("gold", "sample")
+#: Keys of the stage sections the runner sets (paths between stages, seeds, the grid's keys):
+#: a value given there would be ignored, so it is refused.
+WIRED_KEYS = {
+    "sft": ("input_dir", "output_dir", "run_name", "model.path", "grounded", "split"),
+    "negatives": ("input_dir", "output_dir", "splits", "grounded_model", "ungrounded_model", "seed"),
+    "rac": ("input_dir", "output_dir", "run_name", "model.path", "seed"),
+    "evaluate": ("input_dir", "output_dir", "splits", "systems", "negatives_dirs"),
+}
 #: Metrics selection may rank or guard on: those with a per-row score and corpus BLEU.
 SELECTABLE = tuple(m for m in ROW_METRICS if m not in ("meteor", "entailment")) + ("bleu_corpus",)
 
@@ -125,13 +134,21 @@ class ExperimentConfig:
             raise ConfigError("seeds is empty; give at least one seed, e.g. [0]")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
+        for section, keys in WIRED_KEYS.items():
+            given, default = getattr(self, section), type(getattr(self, section))()
+            for key in keys:
+                if _dotted(given, key) != _dotted(default, key):
+                    raise ConfigError(f"{section}.{key} is set by the study runner (from study_dir, seeds and the "
+                                      f"stage it feeds), so {_dotted(given, key)!r} would be ignored; remove it")
         self.variants()  # the grid's errors now, before any stage runs
 
     def variants(self) -> list[Variant]:
         """The grid's variants in a fixed order (the product of the listed values)."""
-        unknown = [k for k in self.grid if k not in VARIANT_KEYS]
-        if unknown:
-            raise ConfigError(f"unknown variant key(s) {unknown} in grid; variant keys are {list(VARIANT_KEYS)}")
+        for key in self.grid:
+            if key not in VARIANT_KEYS:
+                close = difflib.get_close_matches(key, VARIANT_KEYS, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown variant key 'grid.{key}'.{hint} Variant keys are {list(VARIANT_KEYS)}")
         empty = [k for k, v in self.grid.items() if not isinstance(v, list) or not v]
         if not self.grid or empty:
             raise ConfigError(f"the grid is empty{f' ({empty} list no values)' if empty else ''}; give each of "
@@ -141,6 +158,12 @@ class ExperimentConfig:
         axes = [list(dict.fromkeys(self.grid.get(k, base[k]))) for k in VARIANT_KEYS]
         return [_variant(*values, rac=self.rac, sampling=self.negatives.sampling)
                 for values in itertools.product(*axes)]
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def _variant(alpha: Any, gamma: Any, beta: Any, loss_type: Any, chosen_source: Any, rac: RACConfig,

@@ -157,13 +157,20 @@ def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_l
 @pytest.mark.parametrize(("grid", "message"), [
     ("{}", "the grid is empty"),
     ("{alpha: [], gamma: [0.5]}", "the grid is empty"),
-    ("{alpha: [0.5], temperature: [0.7]}", "unknown variant key"),
+    ("{alpha: [0.5], temperature: [0.7]}", "unknown variant key 'grid.temperature'"),
+    ("{gama: [0.5]}", "Did you mean 'gamma'"),
     ("{chosen_source: [silver]}", "chosen_source must be one of"),
     ("{gamma: [1.5]}", "gamma must be in"),
 ])
 def test_bad_grids_are_config_errors(grid, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(ExperimentConfig, ["--grid", grid])
+
+
+@pytest.mark.parametrize("key", ["rac.seed", "sft.output_dir", "negatives.seed", "evaluate.splits"])
+def test_keys_the_runner_sets_are_refused(key):
+    with pytest.raises(ConfigError, match=f"{key.replace('.', '[.]')} is set by the study runner"):
+        parse_config(ExperimentConfig, [f"--{key}", "[val]" if key == "evaluate.splits" else "7"])
 
 
 def test_door_exits_2_on_an_empty_grid(tmp_path, capsys):
@@ -174,3 +181,10 @@ def test_door_exits_2_on_an_empty_grid(tmp_path, capsys):
     code = run(ExperimentConfig, run_study, argv=argv, use_ray=False)
     assert code == 2 and "config error: the grid is empty" in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("name", ["demo", "qulac"])
+def test_checked_in_study_configs_parse(name):
+    cfg = parse_config(ExperimentConfig, ["--config", str(REPO / "configs" / "experiments" / f"{name}.yaml")])
+    assert {v.chosen_source for v in cfg.variants()} == {"gold", "sample"}
+    assert cfg.evaluate.max_prompt_tokens + cfg.evaluate.max_new_tokens <= cfg.rac.max_length
