@@ -169,8 +169,8 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
     runs = {f: [_rows(study, "test", n) for n in names] for f, names in families.items()}
     systems = {f: system_entry(test_report, names, runs[f], samples, seed) for f, names in families.items()}
     metrics = [m for m in (*ROW_METRICS, "question_words") if m in systems[GROUNDED]["metrics"]]
-    significance = {f"{a} vs {b}": paired(runs[a], runs[b], metrics, samples, seed)
-                    for a in families for b in (GROUNDED, CONTINUED) if a != b}
+    comparisons = [(a, b) for b in (GROUNDED, CONTINUED) for a in families if a not in (b, GROUNDED)]
+    significance = {f"{a} vs {b}": paired(runs[a], runs[b], metrics, samples, seed) for a, b in comparisons}
     selection = json.loads((study / "selection" / "selection.json").read_text())
     gold_words = [words(r["question"]) for r in runs[GROUNDED][0].values() if r.get("question")]
     lengths = {"gold": statistics.fmean(gold_words) if gold_words else None,
@@ -207,6 +207,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
@@ -225,6 +226,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
                 ax.scatter(row["rouge_l"], row[metric], marker="s", color="black")
                 ax.annotate(row["system"], (row["rouge_l"], row[metric]), fontsize=7, textcoords="offset points",
                             xytext=(3, -9))
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel(LABELS["rouge_l"])
         ax.set_ylabel(LABELS[metric])
         ax.set_title(f"Validation: {LABELS[metric]} vs ROUGE-L")
@@ -310,6 +312,10 @@ def results_markdown(results: dict[str, Any], variants: list[Variant]) -> str:
                      [[row["system"], row["seeds"], *(_fmt(row.get(m)) for m in val_cols),
                        _fmt(row.get("qualifies"))] for row in sel["table"]]), ""]
     lines += diagnosis_markdown(results["diagnosis"])
+    ran = {name: st for name, st in results["stages"].items() if not st["skipped"]}
+    lines += ["## Stages", "", f"{len(ran)} of {len(results['stages'])} stages ran in this invocation, "
+              f"{sum(st['seconds'] or 0 for st in ran.values()) / 60:.1f} min in all; seconds per stage "
+              f"(as last run): " + ", ".join(f"{n} {st['seconds']}" for n, st in results["stages"].items()), ""]
     lines += ["## Plots", ""] + [f"![{k}]({Path(v).relative_to(Path(results['study_dir']))})"
                                   for k, v in results["plots"].items()]
     if results["metric_status"]:
