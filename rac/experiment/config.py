@@ -7,7 +7,7 @@ import dataclasses
 import difflib
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rac.config import ActorPoolConfig, ConfigError, field_help, nested
 from rac.data.config import DataConfig
@@ -15,7 +15,10 @@ from rac.decoding.config import NegativesConfig, SamplingParams
 from rac.evaluation.config import EvaluateConfig
 from rac.evaluation.report import ROW_METRICS
 from rac.retrieval import RetrieverConfig
-from rac.training.config import RACConfig, SFTConfig
+from rac.training.config import RACConfig, SFTConfig, check_trainer_args
+
+if TYPE_CHECKING:
+    from rac.pipeline import PipelineConfig
 
 #: Keys a grid may vary, and the section each one sets.
 VARIANT_KEYS = ("alpha", "gamma", "beta", "loss_type", "chosen_source")
@@ -140,7 +143,22 @@ class ExperimentConfig:
                 if _dotted(given, key) != _dotted(default, key):
                     raise ConfigError(f"{section}.{key} is set by the study runner (from study_dir, seeds and the "
                                       f"stage it feeds), so {_dotted(given, key)!r} would be ignored; remove it")
+        if self.rac.trainer_args:
+            try:
+                check_trainer_args(self.rac.trainer_args, "SFTConfig")
+            except ConfigError as e:
+                raise ConfigError(f"rac.trainer_args also train the gamma = 0 baseline with TRL's SFTConfig: {e}") \
+                    from None
         self.variants()  # the grid's errors now, before any stage runs
+        self.pipeline_config()
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The pipeline's own stages of the study (index, retrieve, prepare_model) into study_dir."""
+        from rac.pipeline import PipelineConfig
+
+        stages = ["index", "retrieve"] + (["prepare_model"] if self.prepare_model else [])
+        return PipelineConfig(run_dir=self.study_dir, stages=stages, base_model=self.base_model, data=self.data,
+                              retriever=self.retriever, index_pool=self.index_pool, retrieve_pool=self.retrieve_pool)
 
     def variants(self) -> list[Variant]:
         """The grid's variants in a fixed order (the product of the listed values)."""

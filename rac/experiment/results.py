@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from rac.evaluation.report import LABELS, ROW_METRICS, _fmt, _table
 from rac.evaluation.significance import compare_systems
 from rac.experiment.config import ExperimentConfig, Variant
-from rac.experiment.runner import CONTINUED, GROUNDED, UNGROUNDED, seed_name
+from rac.experiment.runner import CONTINUED, GROUNDED, UNGROUNDED, read_events, seed_name
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,10 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
     results = {
         "study_dir": str(study), "selected": selected.name, "variants": [v.__dict__ | {"name": v.name}
                                                                        for v in variants],
-        "seeds": cfg.seeds, "test_rows": test_report["systems"][GROUNDED]["rows"], "systems": systems,
+        "seeds": cfg.seeds, "test_rows": test_report["systems"][GROUNDED]["rows"],
+        # More than 1: the grid or settings changed after test was seen; the log says when.
+        "test_evaluations": sum(e["stage"] == "test" and e["event"] == "finished" for e in read_events(study)),
+        "systems": systems,
         "significance": significance, "selection": selection,
         "diagnosis": {"validity_t2": validity_tables(study), "gold_passage_retrieved": gold_passage_recall(cfg, study),
                       "mean_question_words": lengths},
@@ -294,9 +297,12 @@ def results_markdown(results: dict[str, Any], variants: list[Variant]) -> str:
     lines = [f"# Study results: {Path(results['study_dir']).name}", "",
              f"Selected RAC setting (on validation): **{results['selected']}**. Rule: {sel['rule']}"
              + ("." if sel["met_guard"] else "; **no variant met the guard**, so the best by the metric was taken."),
+             *(["", f"**Test was evaluated {results['test_evaluations']} times in this study directory** (the "
+                f"settings changed after a test evaluation; see events.jsonl): these figures are not untouched "
+                f"by test."] if results["test_evaluations"] > 1 else []),
              "", f"## Test ({results['test_rows']} rows; seeds {results['seeds']})", "",
-             "Mean over seeds with the 95% interval over seeds (Student t); `*`: one seed, so the interval is a "
-             "bootstrap over rows instead.", "",
+             "Mean over seeds with the 95% interval over seeds (Student t); `*`: one run (the SFT models are "
+             "trained once, or one seed), so the interval is a bootstrap over the test rows instead.", "",
              _table(["system", *(_label(m) for m in shown)],
                     [[name, *(_cell(s["metrics"].get(m)) for m in shown)] for name, s in systems.items()]), ""]
     lines += ["## Paired significance (per-row scores averaged over seeds)", "",

@@ -35,7 +35,7 @@ from rac.data.schema import VALIDATION_SPLIT
 from rac.evaluation.config import SystemConfig
 from rac.experiment.config import ExperimentConfig, SelectionSection, ValidationSection, Variant
 from rac.parts import write_part
-from rac.pipeline import PipelineConfig, run_pipeline, run_stage
+from rac.pipeline import external_inputs, run_pipeline, run_stage
 from rac.training.config import SFTConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -259,9 +259,10 @@ class Study:
 
     # -- running
     def stage(self, name: str, stage_cfg: Any, fn: Callable[[Any], dict[str, Any]], upstream: list[str],
-              ) -> dict[str, Any]:
-        """Run (or skip) one stage; its inputs are the fingerprints of ``upstream`` stages."""
-        inputs = {u: self.manifests[u]["fingerprint"] for u in upstream}
+              external: dict[str, str] | None = None) -> dict[str, Any]:
+        """Run (or skip) one stage; its inputs are the fingerprints of ``upstream`` stages (and of
+        ``external`` files no stage wrote, such as a base model of one's own)."""
+        inputs = {u: self.manifests[u]["fingerprint"] for u in upstream} | (external or {})
 
         def logged(c: Any) -> dict[str, Any]:
             self.log.write(name, "started")
@@ -289,9 +290,7 @@ class Study:
 
     def shared_stages(self) -> None:
         cfg = self.cfg
-        stages = ["index", "retrieve"] + (["prepare_model"] if cfg.prepare_model else [])
-        pipe = PipelineConfig(run_dir=str(self.dir), stages=stages, base_model=cfg.base_model, data=cfg.data,
-                              retriever=cfg.retriever, index_pool=cfg.index_pool, retrieve_pool=cfg.retrieve_pool)
+        pipe = cfg.pipeline_config()
         for name, manifest in run_pipeline(pipe).items():
             self.log.write(name, "skipped" if manifest["skipped"] else "finished", seconds=manifest.get("seconds"))
             self.manifests[name] = manifest
@@ -304,7 +303,7 @@ class Study:
             sft = dataclasses.replace(cfg.sft, grounded=grounded, split="t1", input_dir=self.select_dir,
                                       output_dir=str(self.path(name)), run_name=name,
                                       model=dataclasses.replace(cfg.sft.model, path=cfg.base_model))
-            self.stage(name, sft, run_sft, ["splits", *base])
+            self.stage(name, sft, run_sft, ["splits", *base], external_inputs(name, pipe))
 
     def t2_stages(self) -> None:
         from rac.decoding.stage import run_generate_negatives

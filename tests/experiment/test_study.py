@@ -133,6 +133,7 @@ def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_l
 
     # What the study wrote: every system of the table, with its intervals and significance.
     assert results["selected"] in variants and results["selected"] == selection["selected"]
+    assert results["test_evaluations"] == 1
     assert set(results["systems"]) == {"grounded-sft", "ungrounded-sft", "continued-sft", "rac"}
     parent = results["systems"]["rac"]["metrics"]["parent_f1"]
     assert parent["per_seed"] and parent["ci95_seeds"] is None and len(parent["ci95_rows"]) == 2
