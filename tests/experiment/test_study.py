@@ -115,9 +115,15 @@ def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_l
     assert all(r["chosen"] == sample[r["id"]]["rejected"] for r in pairs if r["error"] is None)
 
     # Test rows: in their own folder, read by the test evaluation only, after the selection.
-    select_splits = set(pq.read_table(study / "splits" / "select" / "retrieved").column("split").to_pylist())
-    assert select_splits == {"t1", "t2", "val"}
-    assert set(pq.read_table(study / "splits" / "test" / "retrieved").column("split").to_pylist()) == {"test"}
+    carved = [*pq.read_table(study / "splits" / "select" / "retrieved").to_pylist(),
+              *pq.read_table(study / "splits" / "test" / "retrieved").to_pylist()]
+    topics = {split: {r["topic_id"] for r in carved if r["split"] == split} for split in ("t1", "t2", "val", "test")}
+    assert all(topics.values()) and sum(map(len, topics.values())) == len(set().union(*topics.values()))
+    retrieved = pq.read_table(study / "retrieve" / "retrieved").to_pylist()
+    assert sorted(r["id"] for r in carved if r["split"] == "test") == \
+        sorted(r["id"] for r in retrieved if r["split"] == "test")  # test: every row, untouched
+    assert {r["split"] for r in pq.read_table(study / "splits" / "select" / "retrieved").to_pylist()} == \
+        {"t1", "t2", "val"}
     order = [(e["stage"], e["event"]) for e in events]
     test_started = [e for e in events if e["stage"] == "test" and e["event"] == "started"]
     assert len(test_started) == 1 and order.index(("test", "started")) > order.index(("selection", "finished"))
@@ -153,6 +159,29 @@ def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_l
     run_study(cfg)
     assert all(e["event"] == "skipped" for e in read_events(study)[before:])
     assert (study / EVENTS).is_file()
+
+
+def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
+    from rac.experiment.config import SelectionSection
+    from rac.experiment.runner import SelectConfig, select_setting
+
+    def system(rouge, parent):
+        return {"rows": 10, "evaluated": 10, "rouge_l": rouge, "parent_f1": parent, "meteor": "not available"}
+
+    report = {"systems": {"grounded-sft": system(0.30, 0.20), "ungrounded-sft": system(0.25, 0.10),
+                          "continued-sft-s0": system(0.31, 0.21), "continued-sft-s1": system(0.29, 0.19),
+                          "a-s0": system(0.20, 0.60), "a-s1": system(0.22, 0.60),  # most faithful, ROUGE-L too low
+                          "b-s0": system(0.295, 0.30), "b-s1": system(0.293, 0.26),
+                          "c-s0": system(0.35, 0.22), "c-s1": system(0.35, 0.22)}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    cfg = SelectConfig(str(tmp_path / "report.json"), str(tmp_path / "sel"), ["a", "b", "c"], [0, 1],
+                       SelectionSection())
+    assert select_setting(cfg)["selected"] == "b"
+    table = {r["system"]: r for r in json.loads((tmp_path / "sel" / "selection.json").read_text())["table"]}
+    assert table["b"]["parent_f1"] == pytest.approx(0.28) and table["continued-sft"]["seeds"] == 2
+    assert [table[v]["qualifies"] for v in "abc"] == [False, True, True]
+    strict = SelectConfig(cfg.report, cfg.output_dir, ["a"], [0, 1], SelectionSection(guard_tolerance=0.0))
+    assert select_setting(strict) == {"rows_in": 1, "rows_out": 1, "selected": "a", "met_guard": False}
 
 
 @pytest.mark.parametrize(("grid", "message"), [
