@@ -85,8 +85,10 @@ def system_entry(report: dict[str, Any], names: list[str], runs: list[dict[str, 
                                                                             "with_reference")]
     for key in [*keys, "question_words"]:
         if key == "question_words":
-            per_seed = [statistics.fmean([r["question_words"] for r in run.values() if r["question_words"] is not None])
-                        for run in runs]
+            lengths = [[r["question_words"] for r in run.values() if r["question_words"] is not None] for run in runs]
+            if not all(lengths):
+                continue
+            per_seed = [statistics.fmean(x) for x in lengths]
         else:
             per_seed = [s[key] for s in summaries if _numeric(s.get(key))]
             if len(per_seed) != len(summaries):
@@ -174,7 +176,7 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
     selection = json.loads((study / "selection" / "selection.json").read_text())
     gold_words = [words(r["question"]) for r in runs[GROUNDED][0].values() if r.get("question")]
     lengths = {"gold": statistics.fmean(gold_words) if gold_words else None,
-               **{f: s["metrics"]["question_words"]["mean"] for f, s in systems.items()}}
+               **{f: s["metrics"].get("question_words", {}).get("mean") for f, s in systems.items()}}
     results = {
         "study_dir": str(study), "selected": selected.name, "variants": [v.__dict__ | {"name": v.name}
                                                                        for v in variants],
