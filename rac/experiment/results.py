@@ -151,6 +151,31 @@ def gold_passage_recall(cfg: ExperimentConfig, study: Path) -> dict[str, Any]:
     return out
 
 
+#: Logged training figures shown per run: which term of L_RAC moved, and what it did to the rewards.
+TRAINING_TERMS = ("sft_loss", "pref_loss", "reward_margin", "reward_accuracy", "eval_sft_loss", "eval_pref_loss",
+                  "eval_reward_margin", "eval_reward_accuracy")
+#: What an SFT run (the gamma = 0 baseline) logs its only term as.
+SFT_ONLY = {"sft_loss": "loss", "eval_sft_loss": "eval_loss"}
+
+
+def training_terms(study: Path, runs: list[str]) -> dict[str, Any]:
+    """Per training run (``train/<run>``): first and last logged value of each of :data:`TRAINING_TERMS`."""
+    from rac.training import read_metrics
+
+    out: dict[str, Any] = {}
+    for run in runs:
+        records = read_metrics(study / "train" / run)
+        terms = {}
+        for key in TRAINING_TERMS:
+            source = key if any(key in r for r in records) else SFT_ONLY.get(key)
+            values = [r[source] for r in records if source and _numeric(r.get(source))]
+            if values:
+                terms[key] = {"first": values[0], "last": values[-1]}
+        if terms:
+            out[run] = {"steps": max((r.get("step") or 0) for r in records), **terms}
+    return out
+
+
 def validity_tables(study: Path) -> dict[str, Any]:
     """Metric validity and the mixture sweep on T2, per chosen source (the validity/ stages)."""
     out = {}
@@ -186,7 +211,9 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
         "systems": systems,
         "significance": significance, "selection": selection,
         "diagnosis": {"validity_t2": validity_tables(study), "gold_passage_retrieved": gold_passage_recall(cfg, study),
-                      "mean_question_words": lengths},
+                      "mean_question_words": lengths,
+                      "training_terms": training_terms(study, [seed_name(n, sd) for sd in cfg.seeds
+                                                               for n in (CONTINUED, *(v.name for v in variants))])},
         "stages": {n: {"skipped": m.get("skipped"), "seconds": m.get("seconds")} for n, m in manifests.items()},
         "metric_status": test_report.get("metric_status", {}),
     }
@@ -321,9 +348,10 @@ def results_markdown(results: dict[str, Any], variants: list[Variant]) -> str:
                        _fmt(row.get("qualifies"))] for row in sel["table"]]), ""]
     lines += diagnosis_markdown(results["diagnosis"])
     ran = {name: st for name, st in results["stages"].items() if not st["skipped"]}
-    lines += ["## Stages", "", f"{len(ran)} of {len(results['stages'])} stages ran in this invocation, "
-              f"{sum(st['seconds'] or 0 for st in ran.values()) / 60:.1f} min in all; seconds per stage "
-              f"(as last run): " + ", ".join(f"{n} {st['seconds']}" for n, st in results["stages"].items()), ""]
+    total = sum(st["seconds"] or 0 for st in results["stages"].values())
+    lines += ["## Stages", "", f"The stages took {total / 60:.1f} min in all (as each last ran); {len(ran)} of "
+              f"{len(results['stages'])} ran in this invocation. Seconds per stage: "
+              + ", ".join(f"{n} {st['seconds']}" for n, st in results["stages"].items()), ""]
     lines += ["## Plots", ""] + [f"![{k}]({Path(v).relative_to(Path(results['study_dir']))})"
                                   for k, v in results["plots"].items()]
     if results["metric_status"]:
@@ -348,6 +376,15 @@ def diagnosis_markdown(diagnosis: dict[str, Any]) -> list[str]:
                   _table(["split", "rows", "retrieved", "share", "at rank 1"],
                          [[s, e["rows"], e["with_facet_passage"], _fmt(e["share"]), e["at_rank_1"]]
                           for s, e in recall.items()]), ""]
+    terms = diagnosis.get("training_terms") or {}
+    if terms:
+        def moved(t: dict[str, Any], key: str) -> str:
+            return f"{_fmt(t[key]['first'])} → {_fmt(t[key]['last'])}" if key in t else "–"
+
+        lines += ["**Training terms** (first → last logged value; eval_* on the held-out training topics):", "",
+                  _table(["run", "steps", "SFT loss", "pref. loss", "reward margin", "eval reward acc."],
+                         [[run, t["steps"], moved(t, "sft_loss"), moved(t, "pref_loss"), moved(t, "reward_margin"),
+                           moved(t, "eval_reward_accuracy")] for run, t in terms.items()]), ""]
     lengths = diagnosis["mean_question_words"]
     lines += ["**Mean question length (words, test):** " + ", ".join(f"{k} {_fmt(v, 2)}" for k, v in lengths.items()),
               ""]
