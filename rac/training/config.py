@@ -130,7 +130,8 @@ class RACConfig(TrainConfig):
 
 #: Training-argument fields this project sets from its own keys (trainer_args may not set them).
 OWN_KEYS = {
-    "output_dir": "output_dir", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
+    "output_dir": "output_dir", "run_name": "run_name", "learning_rate": "learning_rate",
+    "weight_decay": "weight_decay",
     "warmup_steps": "warmup_ratio", "num_train_epochs": "num_epochs", "max_steps": "max_steps",
     "per_device_train_batch_size": "per_worker_batch_size", "per_device_eval_batch_size": "per_worker_batch_size",
     "gradient_accumulation_steps": "gradient_accumulation_steps", "eval_steps": "eval_steps",

@@ -86,14 +86,25 @@ def preference_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: 
 
 
 def write_dataset(examples: list[dict[str, Any]], path: Path) -> Path:
-    """Save ``examples`` as a Hugging Face dataset at ``path`` (replacing what was there)."""
+    """Save ``examples`` as a Hugging Face dataset at ``path``.
+
+    A dataset of the very same examples is kept as it is, with the caches TRL wrote beside
+    it (the precomputed reference log-probs): a resumed run does not recompute them.
+    """
+    import hashlib
+    import json
     import shutil
 
     from datasets import Dataset
 
+    digest = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()
+    stamp = path / "examples.sha256"
+    if stamp.is_file() and stamp.read_text() == digest and (path / "dataset_info.json").is_file():
+        return path
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     Dataset.from_list(examples).save_to_disk(str(tmp))
+    (tmp / "examples.sha256").write_text(digest)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path

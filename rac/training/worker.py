@@ -52,7 +52,7 @@ def trainer_arguments(cfg: TrainConfig, local_dir: str, precision: str, has_eval
 
     ds = deepspeed_config(cfg)
     kwargs: dict[str, Any] = dict(
-        output_dir=local_dir, per_device_train_batch_size=cfg.per_worker_batch_size,
+        output_dir=local_dir, run_name=cfg.run_name, per_device_train_batch_size=cfg.per_worker_batch_size,
         per_device_eval_batch_size=cfg.per_worker_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear",
@@ -65,6 +65,7 @@ def trainer_arguments(cfg: TrainConfig, local_dir: str, precision: str, has_eval
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         max_length=None,  # the driver fitted every prompt to cfg.max_length, trimming passages first
         deepspeed=ds, disable_tqdm=True,
+        ddp_find_unused_parameters=False,  # every trained parameter gets a gradient; the search costs a pass
     )
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(cfg.trainer_args):
         kwargs["activation_checkpointing"] = False  # TRL turns it on; a 2x-compute trade a small model needs not make
@@ -131,6 +132,8 @@ def latest_checkpoint(reported: Any, storage_dir: Path, world: int) -> Path | No
 
 def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any:
     """The TRL trainer of ``cfg`` on the tokenized datasets under ``<output_dir>/data``."""
+    from transformers import PrinterCallback
+
     from rac.training.engine import RACDPOTrainer, RACSFTTrainer
 
     data = Path(cfg.output_dir) / DATA_DIR
@@ -142,8 +145,10 @@ def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any
     model = load_model(dataclasses.replace(cfg.model, dtype="float32"))
     model.config.use_cache = False
     cls = RACDPOTrainer if isinstance(cfg, RACConfig) else RACSFTTrainer
-    return cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-               callbacks=callbacks, peft_config=peft_config(cfg.model.lora) if cfg.model.lora.enabled else None)
+    trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
+                  callbacks=callbacks, peft_config=peft_config(cfg.model.lora) if cfg.model.lora.enabled else None)
+    trainer.remove_callback(PrinterCallback)  # MetricsCallback logs each step to the console already
+    return trainer
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -157,6 +162,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # transformers' sinks write beside the run's other outputs unless the user says otherwise.
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(cfg.output_dir) / "tensorboard"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(cfg.output_dir) / "mlruns").as_uri())
     _configure_accelerate(cfg)
     callbacks: list[Any] = [MetricsCallback(Path(cfg.output_dir) / METRICS_FILE), RayTrainReportCallback()]
     if config.get("kill_at_step"):

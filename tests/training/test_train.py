@@ -144,10 +144,13 @@ def test_lora_bf16_trains_merges_exports_reloads_and_generates(ray_local, demo_d
     cfg = sft_config(demo_dir, tmp_path, max_steps=3, save_steps=3, eval_steps=3,
                      model=ModelConfig(path=str(demo_dir[1]), dtype="bfloat16",
                                        lora=LoraConfig(enabled=True, r=4, alpha=8)),
-                     deepspeed=DeepSpeedSection(zero_stage=0), trainer_args={"lr_scheduler_type": "constant"})
+                     deepspeed=DeepSpeedSection(zero_stage=0), trainer_args={"lr_scheduler_type": "constant"},
+                     report_to=["tensorboard"])
     summary = run_training(cfg)
     metrics = read_metrics(cfg.output_dir)
     assert [m["learning_rate"] for m in metrics] == [2e-3] * 3  # trainer_args passed through
+    events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert b"train/loss" in events and b"eval/loss" in events  # the TensorBoard sink got the scalars
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
