@@ -17,6 +17,7 @@ JOBS = [
     ("jobs.generate_negatives", "rac.decoding.config:NegativesConfig"),
     ("jobs.train_rac", "rac.training.config:RACConfig"),
     ("jobs.evaluate", "rac.evaluation.config:EvaluateConfig"),
+    ("jobs.experiment", "rac.experiment.config:ExperimentConfig"),
     ("serve (serve/config.yaml args)", "rac.serving.config:ServeConfig"),
 ]
 

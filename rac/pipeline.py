@@ -322,3 +322,33 @@ def summary_text(cfg: PipelineConfig, manifests: dict[str, dict[str, Any]], widt
         lines += ["", "queries and the passages retrieved for them:", "",
                   format_examples(rows[:: max(1, len(rows) // max(1, cfg.show))][: cfg.show])]
     return "\n".join(lines)
+
+
+def run_stage(stage: str, stage_dir: Path, stage_cfg: Any, fn: Callable[[Any], dict[str, Any]],
+              inputs: dict[str, str]) -> dict[str, Any]:
+    """One stage with :func:`run_pipeline`'s manifest rules, for runners that lay out their own
+    stages (the study runner, :mod:`rac.experiment`).
+
+    Skipped when ``stage_dir``'s manifest has the same config hash and ``inputs`` (upstream
+    fingerprints); a killed run of the same stage resumes from what it left; output made with
+    another config or other inputs is deleted first. Returns the manifest, ``skipped`` added.
+    """
+    config_hash = _hash(stage_cfg if isinstance(stage_cfg, dict) else to_dict(stage_cfg))
+    previous = read_manifest(stage_dir)
+    if previous and previous.get("config_hash") == config_hash and previous.get("inputs") == inputs:
+        logger.info("%s: unchanged since %s, skipped", stage, previous.get("finished"))
+        return {**previous, "skipped": True}
+    _prepare_stage_dir(stage_dir, {"config_hash": config_hash, "inputs": inputs}, forced=False)
+    logger.info("%s: running", stage)
+    start = time.perf_counter()
+    summary = fn(stage_cfg)
+    rows_in, rows_out = _rows(summary)
+    manifest = {
+        "stage": stage, "config_hash": config_hash, "inputs": inputs,
+        "fingerprint": _hash([config_hash, inputs]), "rows_in": rows_in, "rows_out": rows_out,
+        "summary": summary, "seconds": round(time.perf_counter() - start, 1),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_revision": git_revision(), "versions": package_versions(),
+    }
+    (stage_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return {**manifest, "skipped": False}

@@ -9,7 +9,8 @@ A record is one (U_q, C+) example of the method:
 ``topic_id``     the topic the query belongs to (splits never cut a topic), or null
 ``facet_id``     the facet (information need) the question targets, or null
 ``passages``     the retrieved passages D: list of ``{id, text, score}``, best first
-``split``        ``t1`` (SFT half), ``t2`` (preference half) or ``test``
+``split``        ``t1`` (SFT half), ``t2`` (preference half) or ``test`` (``val``: topics a
+                 study holds out of T1 and T2 to choose its settings on, rac.experiment)
 ``error``        null, or why this row could not be processed (the row is kept)
 ===============  ==========================================================================
 """
@@ -41,15 +42,19 @@ OPTIONAL_FIELDS = ("question", "topic_id", "facet_id", "passages", "split", "err
 CORPUS_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
 
 SPLITS = ("t1", "t2", "test")
+#: Topics the study runner (rac.experiment) moves out of T1 and T2 to select settings on;
+#: the topic split (rac.data.splits) never makes it.
+VALIDATION_SPLIT = "val"
 
 
 def check_splits(splits: list[str]) -> None:
-    """Refuse an empty list of splits or a name that is not one of :data:`SPLITS`."""
+    """Refuse an empty list of splits or a name that is not one of :data:`SPLITS` or ``val``."""
+    names = [*SPLITS, VALIDATION_SPLIT]
     if not splits:
-        raise ConfigError(f"splits must name at least one of {list(SPLITS)}")
-    unknown = [s for s in splits if s not in SPLITS]
+        raise ConfigError(f"splits must name at least one of {names}")
+    unknown = [s for s in splits if s not in names]
     if unknown:
-        raise ConfigError(f"unknown split(s) {unknown}; splits are {list(SPLITS)}")
+        raise ConfigError(f"unknown split(s) {unknown}; splits are {names}")
 
 
 def make_record(

@@ -1,0 +1,403 @@
+"""The study as one resumable job: shared stages once, variants per seed, selection on
+validation, then test once.
+
+Layout of ``study_dir`` (each stage folder has the pipeline's ``manifest.json``, so a rerun
+skips every finished stage and resumes the interrupted one, :func:`rac.pipeline.run_stage`)::
+
+    index/ retrieve/ prepare_model/         the pipeline's own stages
+    splits/select/retrieved/                T1 and T2 (subsampled, validation topics moved out) and val
+    splits/test/retrieved/                  the test rows: read by the test evaluation only
+    sft_grounded/ sft_ungrounded/           trained once, shared by every variant
+    negatives/a<alpha>-s<seed>/             decoded once per (alpha, seed), shared across gamma/beta/loss
+    pairs/a<alpha>-sample-s<seed>/          chosen_source 'sample': C+ = the alpha-0 sample of the same row seed
+    train/<variant>-s<seed>/  train/continued-s<seed>/
+    validation/  validity/<source>/  selection/  test/
+    events.jsonl                            every stage started, finished or skipped, in order
+    results.json  results.md  plots/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from rac.config import write_run_info
+from rac.data.schema import VALIDATION_SPLIT
+from rac.evaluation.config import SystemConfig
+from rac.experiment.config import ExperimentConfig, SelectionSection, ValidationSection, Variant
+from rac.parts import write_part
+from rac.pipeline import external_inputs, run_pipeline, run_stage
+from rac.training.config import SFTConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+EVENTS = "events.jsonl"
+GROUNDED, UNGROUNDED = "grounded-sft", "ungrounded-sft"
+#: The gamma = 0 baseline: grounded SFT continued on T2's gold questions (same data as RAC, no preference term).
+CONTINUED = "continued-sft"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class EventLog:
+    """``events.jsonl``: one line per stage event, appended in the order they happen."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, stage: str, event: str, **extra: Any) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"time": _now(), "stage": stage, "event": event, **extra}, default=str) + "\n")
+
+
+def read_events(study_dir: str | Path) -> list[dict[str, Any]]:
+    """The study's event log, oldest first."""
+    path = Path(study_dir) / EVENTS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+# ----------------------------------------------------------------------------- the splits stage
+
+
+@dataclass
+class SplitsConfig:
+    """The ``splits`` stage: validation topics out of T1 and T2, T1/T2 subsampled, test set apart."""
+
+    retrieve_dir: str
+    output_dir: str
+    validation: ValidationSection
+
+
+def _topic(row: dict[str, Any]) -> str:
+    return str(row["topic_id"]) if row.get("topic_id") is not None else "id:" + str(row["id"])
+
+
+def _sample(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    if limit is None or len(rows) <= limit:
+        return rows
+    return sorted(random.Random(seed).sample(sorted(rows, key=lambda r: r["id"]), limit), key=lambda r: r["id"])
+
+
+def carve_splits(cfg: SplitsConfig) -> dict[str, Any]:
+    """Write ``select/`` (T1, T2, val) and ``test/`` (test) in the retrieval output's format.
+
+    The validation split is ``validation.fraction`` of the T1 topics plus the same share of
+    the T2 topics (seeded, at least one of each); it is disjoint by topic from T1, T2 and test.
+    T1, T2 and val rows are then subsampled to their caps. The test rows are written apart,
+    so that nothing before selection reads a folder that holds them.
+    """
+    from rac.retrieval import read_retrieved
+
+    table = read_retrieved(cfg.retrieve_dir)
+    rows, v = table.to_pylist(), cfg.validation
+    rng = random.Random(v.seed)
+    held_out: set[str] = set()
+    for split in ("t1", "t2"):
+        topics = sorted({_topic(r) for r in rows if r["split"] == split})
+        rng.shuffle(topics)
+        held_out.update(topics[:max(1, round(v.fraction * len(topics)))] if len(topics) > 1 else [])
+    by_split: dict[str, list[dict[str, Any]]] = {"t1": [], "t2": [], VALIDATION_SPLIT: [], "test": []}
+    for r in rows:
+        split = VALIDATION_SPLIT if r["split"] in ("t1", "t2") and _topic(r) in held_out else r["split"]
+        by_split.setdefault(split, []).append({**r, "split": split})
+    kept = {"t1": _sample(by_split["t1"], v.t1_rows, v.seed), "t2": _sample(by_split["t2"], v.t2_rows, v.seed),
+            VALIDATION_SPLIT: _sample(by_split[VALIDATION_SPLIT], v.max_rows, v.seed), "test": by_split["test"]}
+    out = Path(cfg.output_dir)
+    for folder, splits in (("select", ("t1", "t2", VALIDATION_SPLIT)), ("test", ("test",))):
+        (out / folder / "retrieved").mkdir(parents=True, exist_ok=True)
+        part = [r for s in splits for r in kept[s]]
+        write_part(out / folder / "retrieved", "part-00000.parquet", pa.Table.from_pylist(part, schema=table.schema))
+    summary = {"rows_in": len(rows), "rows_out": sum(len(x) for x in kept.values()),
+               "rows": {s: len(x) for s, x in kept.items()}, "available": {s: len(x) for s, x in by_split.items()},
+               "topics": {s: len({_topic(r) for r in x}) for s, x in kept.items()},
+               "validation_topics": sorted(held_out)}
+    (out / "splits.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# ----------------------------------------------------------------------------- pairs with sampled C+
+
+
+@dataclass
+class PairsConfig:
+    """The ``pairs`` stage of chosen_source 'sample': C- from ``negatives_dir``, C+ from ``sample_dir``."""
+
+    negatives_dir: str
+    sample_dir: str
+    output_dir: str
+
+
+def sample_chosen_pairs(cfg: PairsConfig) -> dict[str, Any]:
+    """The negatives with C+ replaced by the grounded model's own sample (the alpha-0 run, same row seeds).
+
+    Chosen and rejected then share one style and differ in grounding. A row without a usable
+    sample gets an ``error`` (and trains nothing).
+    """
+    from rac.decoding.stage import NEGATIVES_DIR, NEGATIVES_SCHEMA, read_negatives
+
+    samples = {r["id"]: r for r in read_negatives(cfg.sample_dir, ["id", "rejected", "error"]).to_pylist()}
+    rows = read_negatives(cfg.negatives_dir).to_pylist()
+    identical = 0
+    for r in rows:
+        s = samples.get(r["id"])
+        if r["error"] is not None:
+            continue
+        if not s or s["error"] is not None or not (s["rejected"] or "").strip():
+            r["error"] = "no grounded sample (alpha 0) for this row: " + (s["error"] if s and s["error"] else "empty")
+            continue
+        r["chosen"] = s["rejected"]
+        identical += r["chosen"] == r["rejected"]
+    out = Path(cfg.output_dir) / NEGATIVES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    write_part(out, "part-00000.parquet", pa.Table.from_pylist(rows, schema=NEGATIVES_SCHEMA))
+    with_pair = sum(r["error"] is None for r in rows)
+    return {"rows_in": len(rows), "rows_out": with_pair, "identical_pairs": identical}
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+@dataclass
+class SelectConfig:
+    """The ``selection`` stage: read the validation report, apply the rule."""
+
+    report: str
+    output_dir: str
+    variants: list[str]
+    seeds: list[int]
+    rule: SelectionSection
+
+
+def seed_name(system: str, seed: int) -> str:
+    return f"{system}-s{seed}"
+
+
+def validation_table(report: dict[str, Any], variants: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+    """Per variant and baseline: every numeric metric of the validation report, mean over seeds."""
+    from statistics import fmean
+
+    systems = report["systems"]
+    out = []
+    for name in [GROUNDED, UNGROUNDED, CONTINUED, *variants]:
+        runs = [systems[name]] if name in systems else [systems[seed_name(name, s)] for s in seeds
+                                                         if seed_name(name, s) in systems]
+        if not runs:
+            continue
+        metrics = {k: fmean([r[k] for r in runs]) for k, x in runs[0].items()
+                   if isinstance(x, (int, float)) and not isinstance(x, bool)
+                   and all(isinstance(r.get(k), (int, float)) for r in runs)}
+        out.append({"system": name, "seeds": len(runs), **metrics})
+    return out
+
+
+def select_setting(cfg: SelectConfig) -> dict[str, Any]:
+    """Pick the variant with the best validation ``rule.metric`` among those whose ``rule.guard_metric``
+    is within ``rule.guard_tolerance`` of grounded SFT's (all of them, flagged, when none is)."""
+    report = json.loads(Path(cfg.report).read_text())
+    table = validation_table(report, cfg.variants, cfg.seeds)
+    by_name = {row["system"]: row for row in table}
+    rule = cfg.rule
+    floor = by_name[GROUNDED][rule.guard_metric] - rule.guard_tolerance
+    candidates = [by_name[v] for v in cfg.variants if v in by_name]
+    for row in candidates:
+        row["qualifies"] = row.get(rule.guard_metric, float("-inf")) >= floor - 1e-12
+    qualified = [row for row in candidates if row["qualifies"]]
+    best = max(qualified or candidates, key=lambda row: row.get(rule.metric, float("-inf")))
+    selection = {"selected": best["system"], "metric": rule.metric, "guard_metric": rule.guard_metric,
+                 "guard_tolerance": rule.guard_tolerance, "guard_floor": floor, "met_guard": bool(qualified),
+                 "rule": f"max validation {rule.metric} (mean over seeds) among variants with {rule.guard_metric} "
+                         f">= grounded SFT's - {rule.guard_tolerance:g}",
+                 "table": table, "selected_at": _now()}
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selection.json").write_text(json.dumps(selection, indent=2))
+    return {"rows_in": len(candidates), "rows_out": 1, "selected": best["system"], "met_guard": bool(qualified)}
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+class Study:
+    """Plans each stage's config from the study config and runs the stages in order."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg, self.dir = cfg, Path(cfg.study_dir)
+        self.variants = cfg.variants()
+        self.manifests: dict[str, dict[str, Any]] = {}
+        self.log = EventLog(self.dir / EVENTS)
+
+    # -- paths
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    @property
+    def select_dir(self) -> str:
+        return str(self.path("splits", "select"))
+
+    def model(self, stage: str) -> str:
+        return str(self.path(*stage.split("/"), "model"))
+
+    @staticmethod
+    def negatives_stage(alpha: float, seed: int) -> str:
+        return f"negatives/a{alpha:g}-s{seed}"
+
+    def pairs_stage(self, v: Variant, seed: int) -> str:
+        return self.negatives_stage(v.alpha, seed) if v.chosen_source == "gold" else \
+            f"pairs/a{v.alpha:g}-sample-s{seed}"
+
+    # -- running
+    def stage(self, name: str, stage_cfg: Any, fn: Callable[[Any], dict[str, Any]], upstream: list[str],
+              external: dict[str, str] | None = None) -> dict[str, Any]:
+        """Run (or skip) one stage; its inputs are the fingerprints of ``upstream`` stages (and of
+        ``external`` files no stage wrote, such as a base model of one's own)."""
+        inputs = {u: self.manifests[u]["fingerprint"] for u in upstream} | (external or {})
+
+        def logged(c: Any) -> dict[str, Any]:
+            self.log.write(name, "started")
+            try:
+                return fn(c)
+            except BaseException as e:
+                self.log.write(name, "failed", error=f"{type(e).__name__}: {e}")
+                raise
+
+        manifest = run_stage(name, self.path(*name.split("/")), stage_cfg, logged, inputs)
+        self.log.write(name, "skipped" if manifest["skipped"] else "finished", seconds=manifest.get("seconds"))
+        self.manifests[name] = manifest
+        return manifest
+
+    def run(self) -> dict[str, Any]:
+        from rac.experiment.results import write_results
+
+        write_run_info(self.dir, "experiment", self.cfg, variants=[v.name for v in self.variants])
+        self.shared_stages()
+        self.t2_stages()
+        self.evaluate_validation()
+        selected = self.select()
+        self.evaluate_test(selected)
+        return write_results(self.cfg, self.dir, self.variants, selected, self.manifests)
+
+    def shared_stages(self) -> None:
+        cfg = self.cfg
+        pipe = cfg.pipeline_config()
+        for name, manifest in run_pipeline(pipe).items():
+            self.log.write(name, "skipped" if manifest["skipped"] else "finished", seconds=manifest.get("seconds"))
+            self.manifests[name] = manifest
+        base = ["prepare_model"] if cfg.prepare_model else []
+        self.stage("splits", SplitsConfig(str(self.path("retrieve")), str(self.path("splits")), cfg.validation),
+                   carve_splits, ["retrieve"])
+        from rac.training import run_sft
+
+        for grounded, name in ((True, "sft_grounded"), (False, "sft_ungrounded")):
+            sft = dataclasses.replace(cfg.sft, grounded=grounded, split="t1", input_dir=self.select_dir,
+                                      output_dir=str(self.path(name)), run_name=name,
+                                      model=dataclasses.replace(cfg.sft.model, path=cfg.base_model))
+            self.stage(name, sft, run_sft, ["splits", *base], external_inputs(name, pipe))
+
+    def t2_stages(self) -> None:
+        from rac.decoding.stage import run_generate_negatives
+        from rac.training import run_rac, run_sft
+
+        cfg = self.cfg
+        for seed in cfg.seeds:
+            alphas = {v.alpha for v in self.variants} | ({0.0} if any(v.chosen_source == "sample"
+                                                                    for v in self.variants) else set())
+            for alpha in sorted(alphas):
+                stage = self.negatives_stage(alpha, seed)
+                neg = dataclasses.replace(
+                    cfg.negatives, input_dir=self.select_dir, output_dir=str(self.path(stage)),
+                    splits=["t2"], grounded_model=self.model("sft_grounded"),
+                    ungrounded_model=self.model("sft_ungrounded"), seed=seed,
+                    sampling=dataclasses.replace(cfg.negatives.sampling, alpha=alpha))
+                self.stage(stage, neg, run_generate_negatives,
+                           ["splits", "sft_grounded", "sft_ungrounded"])
+            for v in self.variants:
+                pairs = self.pairs_stage(v, seed)
+                if v.chosen_source == "sample" and pairs not in self.manifests:
+                    neg, sample = self.negatives_stage(v.alpha, seed), self.negatives_stage(0.0, seed)
+                    self.stage(pairs, PairsConfig(str(self.path(neg)), str(self.path(sample)), str(self.path(pairs))),
+                               sample_chosen_pairs, [neg, sample])
+                name = f"train/{seed_name(v.name, seed)}"
+                rac = dataclasses.replace(
+                    cfg.rac, gamma=v.gamma, beta=v.beta, loss_type=v.loss_type, seed=seed,
+                    input_dir=str(self.path(pairs)), output_dir=str(self.path(name)), run_name=seed_name(v.name, seed),
+                    model=dataclasses.replace(cfg.rac.model, path=self.model("sft_grounded")))
+                self.stage(name, rac, run_rac, [pairs, "sft_grounded"])
+            self.stage(f"train/{seed_name(CONTINUED, seed)}", self.continued_config(seed), run_sft,
+                       ["splits", "sft_grounded"])
+
+    def continued_config(self, seed: int) -> SFTConfig:
+        """The gamma = 0 baseline: the rac section's training settings, SFT on T2's gold questions
+        from the grounded model (the data RAC sees, without the preference term)."""
+        name = f"train/{seed_name(CONTINUED, seed)}"
+        common = {f.name: getattr(self.cfg.rac, f.name) for f in dataclasses.fields(TrainConfig)}
+        return SFTConfig(**{**common, "seed": seed, "input_dir": self.select_dir, "output_dir": str(self.path(name)),
+                            "run_name": seed_name(CONTINUED, seed),
+                            "model": dataclasses.replace(self.cfg.rac.model, path=self.model("sft_grounded"))},
+                         grounded=True, split="t2")
+
+    def systems(self, variants: list[Variant]) -> tuple[list[SystemConfig], list[str]]:
+        """The baselines and ``variants`` (per seed) as evaluation systems, and the stages that made them."""
+        systems = [SystemConfig(GROUNDED, self.model("sft_grounded"), "grounded"),
+                   SystemConfig(UNGROUNDED, self.model("sft_ungrounded"), "ungrounded")]
+        stages = ["sft_grounded", "sft_ungrounded"]
+        for seed in self.cfg.seeds:
+            for system in [CONTINUED, *(v.name for v in variants)]:
+                stage = f"train/{seed_name(system, seed)}"
+                systems.append(SystemConfig(seed_name(system, seed), self.model(stage), "grounded"))
+                stages.append(stage)
+        return systems, stages
+
+    def evaluate_validation(self) -> None:
+        from rac.evaluation import run_evaluate
+
+        systems, stages = self.systems(self.variants)
+        val = dataclasses.replace(self.cfg.evaluate, input_dir=self.select_dir, output_dir=str(self.path("validation")),
+                                  splits=[VALIDATION_SPLIT], systems=systems, negatives_dirs={})
+        self.stage("validation", val, run_evaluate, ["splits", *stages])
+        for source in sorted({v.chosen_source for v in self.variants}):
+            # Metric validity on T2: does each faithfulness score rank C+ above C-? (first seed's pairs)
+            dirs = {str(v.alpha): str(self.path(self.pairs_stage(v, self.cfg.seeds[0])))
+                    for v in self.variants if v.chosen_source == source}
+            validity = dataclasses.replace(self.cfg.evaluate, input_dir=self.select_dir,
+                                           output_dir=str(self.path("validity", source)), systems=[],
+                                           negatives_dirs=dirs)
+            upstream = sorted({self.pairs_stage(v, self.cfg.seeds[0]) for v in self.variants
+                               if v.chosen_source == source})
+            self.stage(f"validity/{source}", validity, run_evaluate, upstream)
+
+    def select(self) -> Variant:
+        select = SelectConfig(report=str(self.path("validation", "report.json")),
+                              output_dir=str(self.path("selection")), variants=[v.name for v in self.variants],
+                              seeds=list(self.cfg.seeds), rule=self.cfg.selection)
+        manifest = self.stage("selection", select, select_setting, ["validation"])
+        return next(v for v in self.variants if v.name == manifest["summary"]["selected"])
+
+    def evaluate_test(self, selected: Variant) -> None:
+        from rac.evaluation import run_evaluate
+
+        systems, stages = self.systems([selected])
+        test = dataclasses.replace(self.cfg.evaluate, input_dir=str(self.path("splits", "test")),
+                                   output_dir=str(self.path("test")), splits=["test"], systems=systems,
+                                   negatives_dirs={})
+        self.stage("test", test, run_evaluate, ["splits", "selection", *stages])
+
+
+def run_study(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Run (or resume) the study of ``cfg``; returns what :func:`rac.experiment.results.write_results` wrote.
+
+    Ray must be initialised by the caller.
+    """
+    return Study(cfg).run()
+

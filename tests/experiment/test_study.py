@@ -1,0 +1,220 @@
+"""The study runner: a two-variant study end to end, shared stages once, resume after an
+interruption, test rows only after selection, and config errors.
+
+Retrieval, mixture decoding and evaluation run for real (tiny models, local Ray). The
+training stages are replaced by a stand-in that reads the rows the real stage would train on
+and writes a fresh tiny model: real Ray Train fits (about 25 s each here, five per study) are
+covered by tests/training and by `python -m jobs.experiment` itself, and would not fit the
+suite's time budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rac.config import ConfigError, parse_config, to_dict
+from rac.experiment import ExperimentConfig, read_events, run_study
+from rac.experiment.runner import EVENTS
+from rac.pipeline import MANIFEST
+from rac.testing.tiny import save_tiny_model
+from tests.conftest import REPO
+
+
+class Interrupted(Exception):
+    """Stands for a study killed midway."""
+
+
+class FakeTraining:
+    """``run_sft``/``run_rac`` stand-in: records the rows it was given, writes a tiny model."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.calls: list[tuple[str, list[str]]] = []
+        self.fail_on: str | None = None
+
+    def __call__(self, cfg):
+        from rac.training.trainer import training_rows
+
+        if self.fail_on and self.fail_on in cfg.output_dir:
+            raise Interrupted(cfg.output_dir)
+        rows = training_rows(cfg)
+        self.calls.append((cfg.output_dir, [r["id"] for r in rows]))
+        seed = int(hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:6], 16)
+        save_tiny_model(Path(cfg.output_dir) / "model", seed=seed, tokenizer=self.tokenizer, weight_std=0.2)
+        return {"rows_in": len(rows), "rows_out": len(rows)}
+
+
+@pytest.fixture
+def fake_training(monkeypatch, tmp_path):
+    from transformers import AutoTokenizer
+
+    base = save_tiny_model(tmp_path / "base")
+    fake = FakeTraining(AutoTokenizer.from_pretrained(str(base)))
+    monkeypatch.setattr("rac.training.run_sft", fake)
+    monkeypatch.setattr("rac.training.run_rac", fake)
+    fake.base = base
+    return fake
+
+
+def study_config(study_dir: Path, base: Path, *extra: str) -> ExperimentConfig:
+    args = ["--study_dir", str(study_dir), "--base_model", str(base), "--prepare_model", "false",
+            "--grid", "{alpha: [0.5], chosen_source: [gold, sample]}", "--seeds", "[0]", "--retriever.top_k", "3",
+            "--negatives.sampling.max_new_tokens", "8", "--negatives.max_prompt_tokens", "168",
+            "--negatives.pool", "{min_size: 1, max_size: 1, batch_size: 64}",
+            "--evaluate.max_new_tokens", "8", "--evaluate.max_prompt_tokens", "168",
+            "--evaluate.pool", "{min_size: 1, max_size: 1, batch_size: 64}",
+            "--evaluate.embedding_model", "null", "--evaluate.bootstrap_samples", "100",
+            "--validation.fraction", "0.15", *extra]
+    return parse_config(ExperimentConfig, args)
+
+
+def finished(events, stage):
+    return [e for e in events if e["stage"] == stage and e["event"] == "finished"]
+
+
+def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_local, fake_training, tmp_path):
+    study = tmp_path / "study"
+    cfg = study_config(study, fake_training.base)
+    variants = [v.name for v in cfg.variants()]
+    assert variants == ["rac-a0.5-g0.5-b0.1-sigmoid-gold", "rac-a0.5-g0.5-b0.1-sigmoid-sample"]
+
+    # Killed while training the second variant: what finished keeps its manifest.
+    fake_training.fail_on = f"train/{variants[1]}-s0"
+    with pytest.raises(Interrupted):
+        run_study(cfg)
+    done = ["retrieve", "splits", "sft_grounded", "sft_ungrounded", "negatives/a0-s0", "negatives/a0.5-s0",
+            f"train/{variants[0]}-s0", "pairs/a0.5-sample-s0"]
+    assert all((study / s / MANIFEST).is_file() for s in done)
+    assert not (study / "train" / f"{variants[1]}-s0" / MANIFEST).is_file() and not (study / "test").exists()
+
+    fake_training.fail_on = None
+    fake_training.calls.clear()
+    results = run_study(cfg)
+    events = read_events(study)
+    # Resumed: nothing that had finished ran again; the rest ran once.
+    assert [Path(d).name for d, _ in fake_training.calls] == [f"{variants[1]}-s0", "continued-sft-s0"]
+    for stage in done:
+        assert len(finished(events, stage)) == 1, stage
+        assert events[-1]["time"] > finished(events, stage)[0]["time"]
+        assert any(e["stage"] == stage and e["event"] == "skipped" for e in events)
+    # The alpha-0.5 negatives were decoded once and serve both variants: as they are (gold C+),
+    # and paired with the grounded model's alpha-0 sample of the same row seed (sampled C+).
+    manifest = {s: json.loads((study / s / MANIFEST).read_text()) for s in [*done, f"train/{variants[1]}-s0"]}
+    negatives = manifest["negatives/a0.5-s0"]["fingerprint"]
+    assert manifest[f"train/{variants[0]}-s0"]["inputs"]["negatives/a0.5-s0"] == negatives
+    assert manifest["pairs/a0.5-sample-s0"]["inputs"]["negatives/a0.5-s0"] == negatives
+    assert manifest[f"train/{variants[1]}-s0"]["inputs"]["pairs/a0.5-sample-s0"] == \
+        manifest["pairs/a0.5-sample-s0"]["fingerprint"]
+    sample = {r["id"]: r for r in pq.read_table(study / "negatives" / "a0-s0" / "negatives").to_pylist()}
+    pairs = pq.read_table(study / "pairs" / "a0.5-sample-s0" / "negatives").to_pylist()
+    assert all(r["chosen"] == sample[r["id"]]["rejected"] for r in pairs if r["error"] is None)
+
+    # Test rows: in their own folder, read by the test evaluation only, after the selection.
+    carved = [*pq.read_table(study / "splits" / "select" / "retrieved").to_pylist(),
+              *pq.read_table(study / "splits" / "test" / "retrieved").to_pylist()]
+    topics = {split: {r["topic_id"] for r in carved if r["split"] == split} for split in ("t1", "t2", "val", "test")}
+    assert all(topics.values()) and sum(map(len, topics.values())) == len(set().union(*topics.values()))
+    retrieved = pq.read_table(study / "retrieve" / "retrieved").to_pylist()
+    assert sorted(r["id"] for r in carved if r["split"] == "test") == \
+        sorted(r["id"] for r in retrieved if r["split"] == "test")  # test: every row, untouched
+    assert {r["split"] for r in pq.read_table(study / "splits" / "select" / "retrieved").to_pylist()} == \
+        {"t1", "t2", "val"}
+    order = [(e["stage"], e["event"]) for e in events]
+    test_started = [e for e in events if e["stage"] == "test" and e["event"] == "started"]
+    assert len(test_started) == 1 and order.index(("test", "started")) > order.index(("selection", "finished"))
+    selection = json.loads((study / "selection" / "selection.json").read_text())
+    assert selection["selected_at"] < test_started[0]["time"]
+    assert min(p.stat().st_mtime for p in (study / "test" / "predictions").glob("*.parquet")) > \
+        (study / "selection" / "selection.json").stat().st_mtime
+    test_rows = set(pq.read_table(study / "splits" / "test" / "retrieved").column("id").to_pylist())
+    val = pq.read_table(study / "validation" / "predictions" / "grounded-sft.parquet").to_pylist()
+    assert {r["split"] for r in val} == {"val"} and not test_rows & {r["id"] for r in val}
+    trained_on = {i for _, ids in fake_training.calls for i in ids}
+    assert not trained_on & test_rows and not trained_on & {r["id"] for r in val}
+
+    # What the study wrote: every system of the table, with its intervals and significance.
+    assert results["selected"] in variants and results["selected"] == selection["selected"]
+    assert results["test_evaluations"] == 1
+    assert set(results["systems"]) == {"grounded-sft", "ungrounded-sft", "continued-sft", "rac"}
+    parent = results["systems"]["rac"]["metrics"]["parent_f1"]
+    assert parent["per_seed"] and parent["ci95_seeds"] is None and len(parent["ci95_rows"]) == 2
+    assert "rac vs grounded-sft" in results["significance"] and "rac vs continued-sft" in results["significance"]
+    assert results["significance"]["rac vs grounded-sft"]["parent_f1"]["n"] == results["test_rows"]
+    assert {row["system"] for row in selection["table"]} == {"grounded-sft", "ungrounded-sft", "continued-sft",
+                                                            *variants}
+    assert set(results["diagnosis"]["validity_t2"]) == {"gold", "sample"}
+    assert results["diagnosis"]["gold_passage_retrieved"]["test"]["rows"] == results["test_rows"]
+    md = (study / "results.md").read_text()
+    assert "## Validation table" in md and "Metric validity on T2" in md and "rac vs continued-sft" in md
+    for name in ("faithfulness_vs_rouge", "faithfulness_vs_alpha", "question_length"):
+        assert Path(results["plots"][name]).stat().st_size > 0
+
+    # Run again: every stage skipped.
+    before = len(read_events(study))
+    run_study(cfg)
+    assert all(e["event"] == "skipped" for e in read_events(study)[before:])
+    assert (study / EVENTS).is_file()
+
+
+def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
+    from rac.experiment.config import SelectionSection
+    from rac.experiment.runner import SelectConfig, select_setting
+
+    def system(rouge, parent):
+        return {"rows": 10, "evaluated": 10, "rouge_l": rouge, "parent_f1": parent, "meteor": "not available"}
+
+    report = {"systems": {"grounded-sft": system(0.30, 0.20), "ungrounded-sft": system(0.25, 0.10),
+                          "continued-sft-s0": system(0.31, 0.21), "continued-sft-s1": system(0.29, 0.19),
+                          "a-s0": system(0.20, 0.60), "a-s1": system(0.22, 0.60),  # most faithful, ROUGE-L too low
+                          "b-s0": system(0.295, 0.30), "b-s1": system(0.293, 0.26),
+                          "c-s0": system(0.35, 0.22), "c-s1": system(0.35, 0.22)}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    cfg = SelectConfig(str(tmp_path / "report.json"), str(tmp_path / "sel"), ["a", "b", "c"], [0, 1],
+                       SelectionSection())
+    assert select_setting(cfg)["selected"] == "b"
+    table = {r["system"]: r for r in json.loads((tmp_path / "sel" / "selection.json").read_text())["table"]}
+    assert table["b"]["parent_f1"] == pytest.approx(0.28) and table["continued-sft"]["seeds"] == 2
+    assert [table[v]["qualifies"] for v in "abc"] == [False, True, True]
+    strict = SelectConfig(cfg.report, cfg.output_dir, ["a"], [0, 1], SelectionSection(guard_tolerance=0.0))
+    assert select_setting(strict) == {"rows_in": 1, "rows_out": 1, "selected": "a", "met_guard": False}
+
+
+@pytest.mark.parametrize(("grid", "message"), [
+    ("{}", "the grid is empty"),
+    ("{alpha: [], gamma: [0.5]}", "the grid is empty"),
+    ("{alpha: [0.5], temperature: [0.7]}", "unknown variant key 'grid.temperature'"),
+    ("{gama: [0.5]}", "Did you mean 'gamma'"),
+    ("{chosen_source: [silver]}", "chosen_source must be one of"),
+    ("{gamma: [1.5]}", "gamma must be in"),
+])
+def test_bad_grids_are_config_errors(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(ExperimentConfig, ["--grid", grid])
+
+
+@pytest.mark.parametrize("key", ["rac.seed", "sft.output_dir", "negatives.seed", "evaluate.splits"])
+def test_keys_the_runner_sets_are_refused(key):
+    with pytest.raises(ConfigError, match=f"{key.replace('.', '[.]')} is set by the study runner"):
+        parse_config(ExperimentConfig, [f"--{key}", "[val]" if key == "evaluate.splits" else "7"])
+
+
+def test_door_exits_2_on_an_empty_grid(tmp_path, capsys):
+    from jobs._door import run
+
+    argv = ["--config", str(REPO / "configs/experiments/demo.yaml"), "--grid", "{}", "--study_dir",
+            str(tmp_path / "study")]
+    code = run(ExperimentConfig, run_study, argv=argv, use_ray=False)
+    assert code == 2 and "config error: the grid is empty" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("name", ["demo", "qulac"])
+def test_checked_in_study_configs_parse(name):
+    cfg = parse_config(ExperimentConfig, ["--config", str(REPO / "configs" / "experiments" / f"{name}.yaml")])
+    assert {v.chosen_source for v in cfg.variants()} == {"gold", "sample"}
+    assert cfg.evaluate.max_prompt_tokens + cfg.evaluate.max_new_tokens <= cfg.rac.max_length
