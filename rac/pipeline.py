@@ -246,40 +246,11 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
     forced = False
     for i, stage in enumerate(cfg.stages, start=1):
         forced = forced or stage == start_from
-        stage_cfg = stage_cfgs[stage]
         inputs = {up: (manifests.get(up) or read_manifest(run / up) or {}).get("fingerprint", "absent")
                   for up in UPSTREAM[stage] if up in cfg.stages or (run / up / MANIFEST).is_file()}
         inputs.update(external_inputs(stage, cfg))
-        config_hash = _hash(to_dict(stage_cfg))
-        previous = read_manifest(run / stage)
-        unchanged = (not forced and previous and previous.get("config_hash") == config_hash
-                     and previous.get("inputs") == inputs)
-        outputs = parquet_sizes(run / stage)
-        if unchanged and previous.get("outputs", outputs) != outputs:  # manifests of before: not checked
-            logger.warning("stage %d/%d %s: its Parquet output changed since it finished (a file cut short or "
-                           "deleted?); running it again", i, len(cfg.stages), stage)
-            unchanged = False
-        if unchanged:
-            logger.info("stage %d/%d %s: unchanged since %s, skipped", i, len(cfg.stages), stage,
-                        previous.get("finished"))
-            manifests[stage] = {**previous, "skipped": True}
-            continue
-        _prepare_stage_dir(run / stage, {"config_hash": config_hash, "inputs": inputs}, forced)
-        logger.info("stage %d/%d %s: running", i, len(cfg.stages), stage)
-        start = time.perf_counter()
-        summary = run_fns[stage](stage_cfg)
-        check_complete(stage, summary)  # failed rows: no manifest, so the rerun redoes them
-        rows_in, rows_out = _rows(summary)
-        manifest = {
-            "stage": stage, "config_hash": config_hash, "inputs": inputs, "outputs": parquet_sizes(run / stage),
-            "fingerprint": _hash([config_hash, inputs]), "rows_in": rows_in, "rows_out": rows_out,
-            "summary": summary, "seconds": round(time.perf_counter() - start, 1),
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "git_revision": git_revision(), "versions": package_versions(),
-        }
-        (run / stage).mkdir(parents=True, exist_ok=True)
-        write_json(run / stage / MANIFEST, manifest)
-        manifests[stage] = {**manifest, "skipped": False}
+        manifests[stage] = run_stage(f"stage {i}/{len(cfg.stages)} {stage}", run / stage, stage_cfgs[stage],
+                                     run_fns[stage], inputs, forced=forced)
     return manifests
 
 
@@ -325,30 +296,43 @@ def summary_text(cfg: PipelineConfig, manifests: dict[str, dict[str, Any]], widt
 
 
 def run_stage(stage: str, stage_dir: Path, stage_cfg: Any, fn: Callable[[Any], dict[str, Any]],
-              inputs: dict[str, str]) -> dict[str, Any]:
-    """One stage with :func:`run_pipeline`'s manifest rules, for runners that lay out their own
-    stages (the study runner, :mod:`rac.experiment`).
+              inputs: dict[str, str], forced: bool = False) -> dict[str, Any]:
+    """One stage under the manifest rules: :func:`run_pipeline` runs each of its stages with it,
+    and so do runners that lay out their own stages (the study runner, :mod:`rac.experiment`).
 
     Skipped when ``stage_dir``'s manifest has the same config hash and ``inputs`` (upstream
-    fingerprints); a killed run of the same stage resumes from what it left; output made with
-    another config or other inputs is deleted first. Returns the manifest, ``skipped`` added.
+    fingerprints) and its Parquet output is as the manifest left it; a killed run of the same
+    stage resumes from what it left; output made with another config or other inputs (or
+    ``forced``, ``--from``) is deleted first. A stage that ends with failed rows writes no
+    manifest (:func:`rac.failures.check_complete` raises), so the next run redoes them.
+    Returns the manifest, ``skipped`` added.
     """
     config_hash = _hash(stage_cfg if isinstance(stage_cfg, dict) else to_dict(stage_cfg))
     previous = read_manifest(stage_dir)
-    if previous and previous.get("config_hash") == config_hash and previous.get("inputs") == inputs:
+    unchanged = (not forced and previous and previous.get("config_hash") == config_hash
+                 and previous.get("inputs") == inputs)
+    outputs = parquet_sizes(stage_dir)
+    if unchanged and previous.get("outputs", outputs) != outputs:  # manifests of before: not checked
+        logger.warning("%s: its Parquet output changed since it finished (a file cut short or deleted?); "
+                       "running it again", stage)
+        unchanged = False
+    if unchanged:
         logger.info("%s: unchanged since %s, skipped", stage, previous.get("finished"))
         return {**previous, "skipped": True}
-    _prepare_stage_dir(stage_dir, {"config_hash": config_hash, "inputs": inputs}, forced=False)
+    _prepare_stage_dir(stage_dir, {"config_hash": config_hash, "inputs": inputs}, forced)
     logger.info("%s: running", stage)
     start = time.perf_counter()
     summary = fn(stage_cfg)
+    name = stage.rsplit(" ", 1)[-1]
+    check_complete(name, summary)  # failed rows: no manifest, so the rerun redoes them
     rows_in, rows_out = _rows(summary)
     manifest = {
-        "stage": stage, "config_hash": config_hash, "inputs": inputs,
+        "stage": name, "config_hash": config_hash, "inputs": inputs, "outputs": parquet_sizes(stage_dir),
         "fingerprint": _hash([config_hash, inputs]), "rows_in": rows_in, "rows_out": rows_out,
         "summary": summary, "seconds": round(time.perf_counter() - start, 1),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_revision": git_revision(), "versions": package_versions(),
     }
-    (stage_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json(stage_dir / MANIFEST, manifest)
     return {**manifest, "skipped": False}
