@@ -60,7 +60,7 @@ def _case(door: str, kind: str, tmp_path, dead_url, negatives_inputs) -> tuple[l
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")
     neg = ["--input_dir", str(negatives_inputs / "retrieve"), "--grounded_model", str(negatives_inputs / "good"),
-           "--ungrounded_model", str(negatives_inputs / "good"), "--max_new_tokens", "4",
+           "--ungrounded_model", str(negatives_inputs / "good"), "--sampling.max_new_tokens", "4",
            "--pool.max_size", "1", "--pool.batch_size", "3", *out]
     missing = str(tmp_path / "no-retrieval-output")
     model = ["--model.path", str(negatives_inputs / "good")]
@@ -86,10 +86,10 @@ def _case(door: str, kind: str, tmp_path, dead_url, negatives_inputs) -> tuple[l
         ("train_sft", "config"): (["--input_dirr", "x"], 2, r"unknown config key 'input_dirr'\. Did you mean "
                                                            r"'input_dir'"),
         ("train_sft", "input"): (["--input_dir", missing, *model, *out], 1,
-                                 rf"{missing} does not exist; run the stage that writes it first"),
+                                 rf"no Parquet files in {missing}; .*run `python -m jobs.retrieve` first"),
         ("train_rac", "config"): (["--gamma", "1.5"], 2, r"gamma must be in \[0, 1\], got 1\.5"),
         ("train_rac", "input"): (["--input_dir", missing, *model, *out], 1,
-                                 rf"{missing} does not exist; run the stage that writes it first"),
+                                 rf"no Parquet files in {missing}; run `python -m jobs.generate_negatives"),
         ("evaluate", "config"): (["--output_dirr", "x"], 2, r"unknown config key 'output_dirr'\. Did you mean "
                                                             r"'output_dir'"),
         ("evaluate", "input"): (["--input_dir", missing, *out], 1,
