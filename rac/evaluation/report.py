@@ -286,7 +286,8 @@ def write_plots(report: dict[str, Any], generated: dict[str, list[dict[str, Any]
 # ----------------------------------------------------------------------------- Markdown
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number as the reports print it ("–" for none); the study's results use it too."""
     if x is None:
         return "–"
     if isinstance(x, bool):
@@ -296,9 +297,10 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table of ``rows`` under ``header``, each cell through :func:`fmt`."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -311,7 +313,7 @@ def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) ->
         md += [f"Test rows from `{report['input_dir']}` (splits {', '.join(report['splits'])}).", "",
                "## Systems", ""]
         cols = ["bleu_corpus", *ROW_METRICS]
-        md.append(_table(["system", "prompt", "evaluated", "error rows", *[LABELS[c] for c in cols]],
+        md.append(md_table(["system", "prompt", "evaluated", "error rows", *[LABELS[c] for c in cols]],
                          [[n, s["prompt"], s["evaluated"], s["error_rows"], *[s.get(c) for c in cols]]
                           for n, s in systems.items()]))
         if "systems" in rel:
@@ -322,10 +324,10 @@ def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) ->
                                                          for k, v in report["metric_status"].items()), ""]
     if report["significance"]:
         md += ["## Significance (paired, same rows)", ""]
-        md.append(_table(["A", "B", "metric", "n", "mean A", "mean B", "A − B", "95% CI (bootstrap)",
+        md.append(md_table(["A", "B", "metric", "n", "mean A", "mean B", "A − B", "95% CI (bootstrap)",
                           "bootstrap p", "t", "t-test p", "Cohen's d_z"],
                          [[s["system_a"], s["system_b"], LABELS[s["metric"]], s["n"], s["mean_a"], s["mean_b"],
-                           s["mean_diff"], "[" + ", ".join(_fmt(c) for c in s["bootstrap"]["ci95"]) + "]",
+                           s["mean_diff"], "[" + ", ".join(fmt(c) for c in s["bootstrap"]["ci95"]) + "]",
                            s["bootstrap"]["p_value"], s["t_test"]["t"], s["t_test"]["p_value"], s["cohens_d"]]
                           for s in report["significance"]]))
         md.append("")
@@ -333,11 +335,11 @@ def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) ->
         md += ["## Faithfulness vs fluency of the mixture samples (T2) as alpha varies", ""]
         metrics = list(MIXTURE_METRICS)
         md += ["Mixture samples C- (mean per alpha):", ""]
-        md.append(_table(["alpha", "rows", "evaluated", "realised mixing rate", *[LABELS[m] for m in metrics]],
+        md.append(md_table(["alpha", "rows", "evaluated", "realised mixing rate", *[LABELS[m] for m in metrics]],
                          [[e["alpha"], e["rows"], e["evaluated"], e["mean_mixing_rate"],
                            *[e["C-"][m] for m in metrics]] for e in report["mixtures"]]))
         md += ["", "Gold questions C+ of the same rows, for reference:", ""]
-        md.append(_table(["alpha", *[LABELS[m] for m in metrics]],
+        md.append(md_table(["alpha", *[LABELS[m] for m in metrics]],
                          [[e["alpha"], *[e["C+"][m] for m in metrics]] for e in report["mixtures"]]))
         if "alpha_sweep" in rel:
             md += ["", f"![alpha sweep]({rel['alpha_sweep']})"]
@@ -346,7 +348,7 @@ def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) ->
         md += ["## Metric validity on T2", "",
                "Does a score rank the gold question C+ above its mixture negative C-, and does it fall as the "
                "realised mixing rate rises?", ""]
-        md.append(_table(["metric", "alpha", "pairs", "pairwise accuracy", "AUC", "Spearman ρ (mixing rate)", "p"],
+        md.append(md_table(["metric", "alpha", "pairs", "pairwise accuracy", "AUC", "Spearman ρ (mixing rate)", "p"],
                          [[LABELS[v["metric"]], v["alpha"], v["n"], v["pairwise_accuracy"], v["auc"],
                            v["spearman_mixing_rate"]["rho"], v["spearman_mixing_rate"]["p_value"]]
                           for v in report["metric_validity"]]))
@@ -359,8 +361,8 @@ def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) ->
             md += [f"**{ex['id']}** — query: *{ex['query']}*", "", "Passages:"]
             md += [f"{i}. {p if len(p) <= 300 else p[:300] + ' …'}" for i, p in enumerate(ex["passages"], 1)]
             md += ["", f"- gold: {ex['gold_question']}"]
-            md += [f"- {name}: {q['prediction'] or '(empty)'} (PARENT-G F1 {_fmt(q['parent_f1'])}, "
-                   f"semantic support {_fmt(q['semantic_support'])})" for name, q in ex["questions"].items()]
+            md += [f"- {name}: {q['prediction'] or '(empty)'} (PARENT-G F1 {fmt(q['parent_f1'])}, "
+                   f"semantic support {fmt(q['semantic_support'])})" for name, q in ex["questions"].items()]
             md.append("")
     md += ["## How the figures are computed", ""]
     md += [f"- **{k}**: {v}" for k, v in report["definitions"].items()]

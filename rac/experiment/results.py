@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from rac.evaluation.report import LABELS, ROW_METRICS, _fmt, _table
+from rac.evaluation.report import LABELS, ROW_METRICS, fmt, md_table
 from rac.evaluation.significance import compare_systems
 from rac.experiment.config import ExperimentConfig, Variant
 from rac.experiment.runner import CONTINUED, GROUNDED, UNGROUNDED, read_events, seed_name
@@ -311,7 +311,7 @@ def _cell(entry: dict[str, Any] | None) -> str:
         return "–"
     ci = entry.get("ci95_seeds") or entry.get("ci95_rows")
     mark = "" if entry.get("ci95_seeds") else "*"
-    return f"{_fmt(entry['mean'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]{mark}" if ci else _fmt(entry["mean"])
+    return f"{fmt(entry['mean'])} [{fmt(ci[0])}, {fmt(ci[1])}]{mark}" if ci else fmt(entry["mean"])
 
 
 def _label(metric: str) -> str:
@@ -332,20 +332,20 @@ def results_markdown(results: dict[str, Any], variants: list[Variant]) -> str:
              "", f"## Test ({results['test_rows']} rows; seeds {results['seeds']})", "",
              "Mean over seeds with the 95% interval over seeds (Student t); `*`: one run (the SFT models are "
              "trained once, or one seed), so the interval is a bootstrap over the test rows instead.", "",
-             _table(["system", *(_label(m) for m in shown)],
+             md_table(["system", *(_label(m) for m in shown)],
                     [[name, *(_cell(s["metrics"].get(m)) for m in shown)] for name, s in systems.items()]), ""]
     lines += ["## Paired significance (per-row scores averaged over seeds)", "",
-              _table(["comparison", "metric", "mean a", "mean b", "diff", "bootstrap p", "t-test p", "d_z"],
-                     [[comp, _label(m), _fmt(r["mean_a"]), _fmt(r["mean_b"]), _fmt(r["mean_diff"]),
-                       _fmt(r["bootstrap"]["p_value"]), _fmt(r["t_test"]["p_value"]), _fmt(r["cohens_d"])]
+              md_table(["comparison", "metric", "mean a", "mean b", "diff", "bootstrap p", "t-test p", "d_z"],
+                     [[comp, _label(m), fmt(r["mean_a"]), fmt(r["mean_b"]), fmt(r["mean_diff"]),
+                       fmt(r["bootstrap"]["p_value"]), fmt(r["t_test"]["p_value"]), fmt(r["cohens_d"])]
                       for comp, by_metric in results["significance"].items() for m, r in by_metric.items()
                       if m in ("rouge_l", "parent_f1", "semantic_support", "entailment", "question_words")]), ""]
     val_cols = [m for m in ("rouge_l", "parent_precision", "parent_recall", "parent_f1", "semantic_support",
                             "bleu_corpus") if any(m in row for row in sel["table"])]
     lines += ["## Validation table (what the selection saw)", "",
-              _table(["system", "seeds", *(_label(m) for m in val_cols), "qualifies"],
-                     [[row["system"], row["seeds"], *(_fmt(row.get(m)) for m in val_cols),
-                       _fmt(row.get("qualifies"))] for row in sel["table"]]), ""]
+              md_table(["system", "seeds", *(_label(m) for m in val_cols), "qualifies"],
+                     [[row["system"], row["seeds"], *(fmt(row.get(m)) for m in val_cols),
+                       fmt(row.get("qualifies"))] for row in sel["table"]]), ""]
     lines += diagnosis_markdown(results["diagnosis"])
     ran = {name: st for name, st in results["stages"].items() if not st["skipped"]}
     total = sum(st["seconds"] or 0 for st in results["stages"].values())
@@ -362,10 +362,10 @@ def results_markdown(results: dict[str, Any], variants: list[Variant]) -> str:
 def diagnosis_markdown(diagnosis: dict[str, Any]) -> list[str]:
     lines = ["## Diagnosis", "", "**Metric validity on T2** (does a faithfulness score rank C+ above C-? AUC 0.5 "
              "is chance; rho < 0 means the score falls as the realised mixing rate rises):", ""]
-    rows = [[source, _label(e["metric"]), e["alpha"], e["n"], _fmt(e["auc"]), _fmt(e["pairwise_accuracy"]),
-             _fmt(e["spearman_mixing_rate"]["rho"])]
+    rows = [[source, _label(e["metric"]), e["alpha"], e["n"], fmt(e["auc"]), fmt(e["pairwise_accuracy"]),
+             fmt(e["spearman_mixing_rate"]["rho"])]
             for source, t in diagnosis["validity_t2"].items() for e in t["metric_validity"]]
-    lines += [_table(["C+ source", "metric", "alpha", "pairs", "AUC", "pairwise acc.", "rho vs mixing rate"], rows),
+    lines += [md_table(["C+ source", "metric", "alpha", "pairs", "AUC", "pairwise acc.", "rho vs mixing rate"], rows),
               ""]
     recall = diagnosis["gold_passage_retrieved"]
     if "status" in recall:
@@ -373,19 +373,19 @@ def diagnosis_markdown(diagnosis: dict[str, Any]) -> list[str]:
     else:
         lines += ["**Gold facet passage retrieved** (share of rows whose facet's own description is among the "
                   "retrieved passages):", "",
-                  _table(["split", "rows", "retrieved", "share", "at rank 1"],
-                         [[s, e["rows"], e["with_facet_passage"], _fmt(e["share"]), e["at_rank_1"]]
+                  md_table(["split", "rows", "retrieved", "share", "at rank 1"],
+                         [[s, e["rows"], e["with_facet_passage"], fmt(e["share"]), e["at_rank_1"]]
                           for s, e in recall.items()]), ""]
     terms = diagnosis.get("training_terms") or {}
     if terms:
         def moved(t: dict[str, Any], key: str) -> str:
-            return f"{_fmt(t[key]['first'])} → {_fmt(t[key]['last'])}" if key in t else "–"
+            return f"{fmt(t[key]['first'])} → {fmt(t[key]['last'])}" if key in t else "–"
 
         lines += ["**Training terms** (first → last logged value; eval_* on the held-out training topics):", "",
-                  _table(["run", "steps", "SFT loss", "pref. loss", "reward margin", "eval reward acc."],
+                  md_table(["run", "steps", "SFT loss", "pref. loss", "reward margin", "eval reward acc."],
                          [[run, t["steps"], moved(t, "sft_loss"), moved(t, "pref_loss"), moved(t, "reward_margin"),
                            moved(t, "eval_reward_accuracy")] for run, t in terms.items()]), ""]
     lengths = diagnosis["mean_question_words"]
-    lines += ["**Mean question length (words, test):** " + ", ".join(f"{k} {_fmt(v, 2)}" for k, v in lengths.items()),
+    lines += ["**Mean question length (words, test):** " + ", ".join(f"{k} {fmt(v, 2)}" for k, v in lengths.items()),
               ""]
     return lines

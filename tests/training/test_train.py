@@ -52,7 +52,7 @@ def sft_config(demo_dir, out, **kw):
     base = SFTConfig(input_dir=str(root / "retrieved"), output_dir=str(out), run_name="sft",
                      model=ModelConfig(path=str(model), dtype="float32"), per_worker_batch_size=4, learning_rate=2e-3,
                      max_length=256, eval_steps=4, logging_steps=1, max_failures=0,
-                     scaling=ScalingSection(num_workers=2), deepspeed=DeepSpeedSection(zero_stage=2))
+                     scaling=ScalingSection(num_workers=2), deepspeed=DeepSpeedSection(zero_stage=0))
     return dataclasses.replace(base, **kw)
 
 
