@@ -34,6 +34,8 @@ VARIANTS = {
     "trl_bf16_lora": {"model": {"dtype": "bfloat16", "lora": {"enabled": True, "r": 16, "alpha": 32}},
                       "learning_rate_scale": 10.0},
     "trl_bf16_zero2": {"model": {"dtype": "bfloat16"}, "deepspeed": {"zero_stage": 2}},
+    # One worker using both cores: the same global batch, no gradient all-reduce, one optimizer step.
+    "trl_bf16_1x2": {"model": {"dtype": "bfloat16"}, "scaling": {"num_workers": 1, "cpus_per_worker": 2}},
 }
 
 
@@ -66,7 +68,9 @@ def write_rows(root: Path) -> tuple[Path, Path]:
 
 
 def common(model: Path, steps: int) -> dict:
+    # No warmup: transformers' linear warmup starts at lr 0, the earlier loop at the full rate.
     return {"model": {"path": str(model)}, "max_length": 256, "max_answer_tokens": 40, "max_steps": steps,
+            "warmup_ratio": 0.0,
             "save_steps": steps, "eval_steps": steps, "eval_fraction": 0.1, "logging_steps": 1, "max_failures": 0,
             "scaling": {"num_workers": 2, "cpus_per_worker": 1}}
 
@@ -142,13 +146,15 @@ def main() -> None:
                 for kind in args.kinds:
                     variant = VARIANTS.get(name, {"model": {"dtype": "float32"}, "deepspeed": {"zero_stage": 2}})
                     config = common(args.model, args.steps)
+                    workers = variant.get("scaling", {}).get("num_workers", 2)
                     config.update(input_dir=str(retrieved if kind == "sft" else pairs),
                                   output_dir=str(tmp / f"{name}-{kind}"), run_name=f"{name}-{kind}",
-                                  per_worker_batch_size=batch[kind],
+                                  per_worker_batch_size=batch[kind] * 2 // workers,
                                   learning_rate=lr[kind] * variant.get("learning_rate_scale", 1.0))
                     config["model"].update(variant["model"])
-                    if "deepspeed" in variant:
-                        config["deepspeed"] = variant["deepspeed"]
+                    for section in ("deepspeed", "scaling"):
+                        if section in variant:
+                            config[section] = variant[section]
                     if kind == "rac":
                         config.update(gamma=0.5, beta=0.1, precompute_ref_logps=True)
                     metrics = run_variant(tree, kind, config)
