@@ -96,12 +96,10 @@ def run_variant(tree: Path, kind: str, config: dict) -> list[dict]:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("METRICS ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{kind} run in {tree} failed:\n{proc.stderr[-3000:]}")
-    metrics = json.loads(lines[-1][len("METRICS "):])
-    # The earlier loop wrote one line per step with eval merged; the TRL engine's reader merges too.
-    by_step: dict[int, dict] = {}
-    for m in metrics:
-        by_step.setdefault(int(m["step"]), {}).update(m)
-    return [by_step[s] for s in sorted(by_step)]
+    from rac.training.engine import merge_metric_lines
+
+    # The earlier loop wrote one line per step, eval merged; merging again changes nothing there.
+    return merge_metric_lines(json.loads(lines[-1][len("METRICS "):]))
 
 
 def summarise(metrics: list[dict], rows_per_step: int) -> dict:

@@ -71,13 +71,14 @@ def steps_per_epoch(cfg: TrainConfig, num_train: int) -> int:
     return -(-micro // cfg.gradient_accumulation_steps)
 
 
-def build_datasets(cfg: TrainConfig) -> dict[str, int]:
-    """Tokenize the training rows once into ``<output_dir>/data/{train,eval}``; returns row counts.
+def build_datasets(cfg: TrainConfig, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Tokenize ``rows`` (:func:`training_rows`) once into ``<output_dir>/data/{train,eval}``;
+    returns row counts.
 
     Eval rows are held out by topic (``eval_fraction``); the workers read these datasets.
     """
     tokenizer = load_tokenizer(cfg.model.path, padding_side="right")
-    train_rows, eval_rows = holdout_by_topic(training_rows(cfg), cfg.eval_fraction, cfg.seed)
+    train_rows, eval_rows = holdout_by_topic(rows, cfg.eval_fraction, cfg.seed)
     if isinstance(cfg, RACConfig):
         make = lambda rs: preference_examples(rs, tokenizer, cfg.max_length, cfg.max_answer_tokens)  # noqa: E731
     else:
@@ -94,10 +95,10 @@ def build_datasets(cfg: TrainConfig) -> dict[str, int]:
     return {"train": len(train_rows), "eval": len(eval_rows)}
 
 
-def preflight(cfg: TrainConfig) -> int:
+def preflight(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Every check that needs no worker: model, data and its columns, batch, resources.
 
-    Returns the number of usable training rows.
+    Returns the usable training rows (read once; :func:`build_datasets` tokenizes them).
     """
     cfg.model.check_exists()
     rows = training_rows(cfg)
@@ -106,7 +107,7 @@ def preflight(cfg: TrainConfig) -> int:
                           f"({global_batch_size(cfg)} = workers x per_worker_batch_size x accumulation); "
                           f"lower per_worker_batch_size or scaling.num_workers")
     check_resources(cfg)
-    return len(rows)
+    return rows
 
 
 def _absolute(cfg: TrainConfig) -> TrainConfig:
@@ -129,12 +130,13 @@ def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> dict[str,
 
     from rac.training.worker import EXPORT_DIR, train_loop_per_worker
 
-    rows = preflight(cfg)
+    usable = preflight(cfg)
+    rows = len(usable)
     cfg = _absolute(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stage = "train_rac" if isinstance(cfg, RACConfig) else "train_sft"
-    counts = build_datasets(cfg)
+    counts = build_datasets(cfg, usable)
     write_run_info(out, stage, cfg, rows=rows, examples=counts)
     trainer = TorchTrainer(
         train_loop_per_worker,
