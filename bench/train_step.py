@@ -36,6 +36,9 @@ VARIANTS = {
     "trl_bf16_zero2": {"model": {"dtype": "bfloat16"}, "deepspeed": {"zero_stage": 2}},
     # One worker using both cores: the same global batch, no gradient all-reduce, one optimizer step.
     "trl_bf16_1x2": {"model": {"dtype": "bfloat16"}, "scaling": {"num_workers": 1, "cpus_per_worker": 2}},
+    # The same, with each pair's prompt run twice (TRL's own layout): what sharing the prompt saves.
+    "trl_bf16_1x2_prompt_twice": {"model": {"dtype": "bfloat16"}, "scaling": {"num_workers": 1, "cpus_per_worker": 2},
+                                  "rac": {"share_prompt": False}, "kinds": ["rac"]},
 }
 
 
@@ -141,8 +144,8 @@ def main() -> None:
             trees = {"baseline_loop_fp32": tmp / "baseline", **trees}
         try:
             for name, tree in trees.items():
-                for kind in args.kinds:
-                    variant = VARIANTS.get(name, {"model": {"dtype": "float32"}, "deepspeed": {"zero_stage": 2}})
+                variant = VARIANTS.get(name, {"model": {"dtype": "float32"}, "deepspeed": {"zero_stage": 2}})
+                for kind in [k for k in args.kinds if k in variant.get("kinds", args.kinds)]:
                     config = common(args.model, args.steps)
                     workers = variant.get("scaling", {}).get("num_workers", 2)
                     config.update(input_dir=str(retrieved if kind == "sft" else pairs),
@@ -154,7 +157,7 @@ def main() -> None:
                         if section in variant:
                             config[section] = variant[section]
                     if kind == "rac":
-                        config.update(gamma=0.5, beta=0.1, precompute_ref_logps=True)
+                        config.update(gamma=0.5, beta=0.1, precompute_ref_logps=True, **variant.get("rac", {}))
                     metrics = run_variant(tree, kind, config)
                     result["runs"].setdefault(name, {})[kind] = summarise(metrics, 2 * batch[kind])
                     print(name, kind, json.dumps(result["runs"][name][kind]), file=sys.stderr, flush=True)

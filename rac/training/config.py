@@ -116,6 +116,9 @@ class RACConfig(TrainConfig):
     precompute_ref_logps: bool = field_help(
         True, help="Compute the reference model's log-probs once before training instead of a second forward "
                    "every step (no reference model kept in memory).")
+    share_prompt: bool = field_help(
+        True, help="Run each pair's prompt once and both questions on its key/value cache, instead of the prompt "
+                   "twice (same loss up to float rounding; off with gradient_checkpointing).")
 
     def __post_init__(self) -> None:
         super().__post_init__()

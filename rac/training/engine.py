@@ -1,8 +1,10 @@
-"""TRL's trainers as this project runs them: three small extensions and the callbacks.
+"""TRL's trainers as this project runs them: four small extensions and the callbacks.
 
 - Batches grouped by length (:class:`LengthGroupedSampler`): a batch holds rows of
   similar length, so little compute goes to padding; the order is a pure function of
   (seed, epoch), so a resumed run sees the very batches an uninterrupted one sees.
+- Both trainers run the LM head on labelled tokens only, and the DPO trainer runs each
+  pair's prompt once (:mod:`rac.training.forward`).
 - :class:`RACDPOTrainer` takes the preference pairs as token ids (tokenized once by the
   driver, :mod:`rac.training.data`) and logs the two terms of the joint objective apart.
 - :class:`MetricsCallback` writes every logged step to ``metrics.jsonl`` (rank 0), with
@@ -20,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
+
+from rac.training.forward import install_training_forward
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +87,31 @@ class _GroupedByLength:
         return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
 
-class RACSFTTrainer(_GroupedByLength, SFTTrainer):
-    """TRL's ``SFTTrainer`` with length-grouped batches."""
+class _TrainingForward:
+    """Installs :func:`~rac.training.forward.install_training_forward` on the policy and the
+    reference model, before TRL's reference pass (which runs inside ``DPOTrainer.__init__``)."""
+
+    def __init__(self, *args: Any, share_prompt: bool = False, **kwargs: Any) -> None:
+        self._share_prompt = share_prompt
+        super().__init__(*args, **kwargs)
+        self._install_training_forward()
+
+    def _install_training_forward(self) -> None:
+        policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        for model in (policy, getattr(self, "ref_model", None)):
+            if model is not None:
+                install_training_forward(model, self._share_prompt)
+
+    def _precompute_ref_logps(self, *args: Any, **kwargs: Any) -> Any:
+        self._install_training_forward()
+        return super()._precompute_ref_logps(*args, **kwargs)
 
 
-class RACDPOTrainer(_GroupedByLength, DPOTrainer):
+class RACSFTTrainer(_TrainingForward, _GroupedByLength, SFTTrainer):
+    """TRL's ``SFTTrainer`` with length-grouped batches and the LM head on the question only."""
+
+
+class RACDPOTrainer(_TrainingForward, _GroupedByLength, DPOTrainer):
     """TRL's ``DPOTrainer`` on pre-tokenized pairs, logging each term of a loss-type list.
 
     With ``loss_type=[<preference loss>, "sft"]`` and ``loss_weights=[gamma, 1 - gamma]``

@@ -144,9 +144,11 @@ def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any
     # Weights stay float32 (the optimizer's master copy); bf16/fp16 run as autocast.
     model = load_model(dataclasses.replace(cfg.model, dtype="float32"))
     model.config.use_cache = False
-    cls = RACDPOTrainer if isinstance(cfg, RACConfig) else RACSFTTrainer
+    cls, extra = (RACDPOTrainer, {"share_prompt": cfg.share_prompt}) if isinstance(cfg, RACConfig) else (
+        RACSFTTrainer, {})
     trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-                  callbacks=callbacks, peft_config=peft_config(cfg.model.lora) if cfg.model.lora.enabled else None)
+                  callbacks=callbacks, peft_config=peft_config(cfg.model.lora) if cfg.model.lora.enabled else None,
+                  **extra)
     trainer.remove_callback(PrinterCallback)  # MetricsCallback logs each step to the console already
     return trainer
 

@@ -39,7 +39,7 @@ def dpo_trainer(setup, loss_type, gamma, beta):
     args = DPOConfig(output_dir=str(tmp), loss_type=[loss_type, "sft"], loss_weights=[gamma, 1 - gamma], beta=beta,
                      use_cpu=True, bf16=False, report_to="none", activation_checkpointing=False, max_length=None)
     return RACDPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(pairs),
-                         processing_class=tok)
+                         processing_class=tok, share_prompt=True)
 
 
 def hand_logp(model, ids, n_answer):
