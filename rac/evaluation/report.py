@@ -204,8 +204,49 @@ def build_report(cfg: EvaluateConfig, generated: dict[str, list[dict[str, Any]]]
         "mixtures": mixture_sweep(mixture_rows, status),
         "metric_validity": validity(mixture_rows, status),
         "examples": examples(generated, cfg.num_examples, cfg.seed),
+        "detector": detector_section(cfg, generated, mixture_rows, status) if cfg.detector else None,
         "definitions": DEFINITIONS,
     }
+
+
+def detector_note(info: dict[str, Any]) -> str:
+    """The sentence the report shows beside detector support."""
+    dirs = ", ".join(info.get("negatives_dirs") or []) or "its negatives"
+    return (f"The detector was trained on this run's negatives ({dirs}), so it favours a model trained against "
+            f"them (RAC's joint objective uses the same negatives): read detector support beside the scores above, "
+            f"not instead of them.")
+
+
+def detector_section(cfg: EvaluateConfig, generated: dict[str, list[dict[str, Any]]],
+                     mixture_rows: list[dict[str, Any]], status: dict[str, str | None]) -> dict[str, Any]:
+    """Detector support per system, and the validity of every faithfulness score on the mixture
+    pairs of topics the detector was not trained on (the same pairs for each score)."""
+    from transformers import AutoTokenizer
+
+    from rac.detector.labels import char_labels
+    from rac.detector.model import LM_TOKENIZER_DIR, read_detector_info
+    from rac.detector.validity import HELDOUT_SCOPE, token_auc
+
+    info = read_detector_info(cfg.detector)
+    seen = set(info.get("train_topics") or [])
+    heldout = [r for r in mixture_rows if r["error"] is None and str(r.get("topic_id") or r["id"]) not in seen]
+    lm_dir = Path(cfg.detector) / LM_TOKENIZER_DIR
+    lm_tokenizer = AutoTokenizer.from_pretrained(str(lm_dir)) if lm_dir.is_dir() else None
+    for r in heldout:
+        r["rejected_char_labels"] = None if lm_tokenizer is None or r.get("provenance") is None else char_labels(
+            r["rejected"], r.get("rejected_token_ids") or [], r["provenance"], lm_tokenizer)
+    entries = validity(heldout, status, metrics=DETECTOR_METRICS, scopes=[(HELDOUT_SCOPE, heldout)]) \
+        if heldout else []
+    for e in entries:
+        if e["metric"] == DETECTOR_METRIC:
+            e["token_auc"] = token_auc(heldout)
+    systems = {}
+    for name, rows in generated.items():
+        done = [r for r in rows if r["error"] is None]
+        systems[name] = {"evaluated": len(done), DETECTOR_METRIC: _mean([r.get(DETECTOR_METRIC) for r in done])}
+    return {"path": cfg.detector, "note": detector_note(info), "trained_on": info.get("negatives_dirs"),
+            "train_topics": len(seen), "heldout_pairs": len(heldout), "systems": systems,
+            "metric_validity": entries}
 
 
 # ----------------------------------------------------------------------------- plots
@@ -376,6 +417,18 @@ def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) ->
         md.append(validity_table(report["metric_validity"]))
         if "validity" in rel:
             md += ["", f"![validity]({rel['validity']})"]
+        md.append("")
+    detector = report.get("detector")
+    if detector:
+        md += ["## Detector support (a learned score, shown apart)", "", detector["note"], ""]
+        if detector["systems"]:
+            md.append(md_table(["system", "evaluated", LABELS[DETECTOR_METRIC]],
+                               [[n, s["evaluated"], s[DETECTOR_METRIC]] for n, s in detector["systems"].items()]))
+            md.append("")
+        md += [f"Validity on the {detector['heldout_pairs']} mixture pairs of topics the detector never saw "
+               f"(trained on {detector['train_topics']} topics; every score on the same pairs):", ""]
+        md.append(validity_table(detector["metric_validity"]) if detector["metric_validity"]
+                  else "No mixture pair of an unseen topic: no validity figures.")
         md.append("")
     if report["examples"]:
         md += ["## Examples", ""]
