@@ -161,64 +161,76 @@ def examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> lis
 # ----------------------------------------------------------------------------- the worker
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: transformers' Trainer on the tokenized examples, then the export."""
-    import ray.train
-    import torch
-    from transformers import (
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        PrinterCallback,
-        Trainer,
-        TrainingArguments,
-    )
+def make_trainer(cfg: DetectorConfig, model: Any, tokenizer: Any, train: Any, local_dir: str,
+                 callbacks: list[Any] = ()) -> Any:
+    """transformers' ``Trainer`` of the detector: token classification, padded batches."""
+    from transformers import DataCollatorForTokenClassification, PrinterCallback, Trainer, TrainingArguments
 
     from rac.models.factory import resolve_dtype
+
+    precision = resolve_dtype(cfg.dtype, cfg.scaling.use_gpu)
+    args = TrainingArguments(
+        output_dir=local_dir, run_name=cfg.run_name, per_device_train_batch_size=cfg.per_worker_batch_size,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_epochs,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
+        use_cpu=not cfg.scaling.use_gpu, bf16=precision == "bfloat16", disable_tqdm=True,
+        ddp_find_unused_parameters=False)
+    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                      data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def new_detector_model(base_model: str | Path) -> Any:
+    """The base encoder with a fresh two-label token-classification head."""
+    from transformers import AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification.from_pretrained(
+        str(base_model), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: transformers' Trainer on the tokenized examples, then the export (rank 0)."""
+    import ray.train
+    import torch
+    from transformers import AutoTokenizer
+
     from rac.training.data import load_dataset_dir
     from rac.training.engine import MetricsCallback
 
     cfg: DetectorConfig = config["cfg"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(config["base_model"])
-    model = AutoModelForTokenClassification.from_pretrained(
-        config["base_model"], num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
     train = load_dataset_dir(out / DATA_DIR / "train").remove_columns(["key"])
-    precision = resolve_dtype(cfg.dtype, cfg.scaling.use_gpu)
     with tempfile.TemporaryDirectory(prefix=f"rac-{cfg.run_name}-rank{rank}-") as local_dir:
-        args = TrainingArguments(
-            output_dir=local_dir, run_name=cfg.run_name, per_device_train_batch_size=cfg.per_worker_batch_size,
-            learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_epochs,
-            warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
-            logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
-            use_cpu=not cfg.scaling.use_gpu, bf16=precision == "bfloat16", disable_tqdm=True,
-            ddp_find_unused_parameters=False)
-        trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                          data_collator=DataCollatorForTokenClassification(tokenizer),
-                          callbacks=[MetricsCallback(out / METRICS_FILE)])
-        trainer.remove_callback(PrinterCallback)
+        trainer = make_trainer(cfg, new_detector_model(config["base_model"]), tokenizer, train, local_dir,
+                               [MetricsCallback(out / METRICS_FILE)])
         result = trainer.train()
         if rank == 0:
-            export_detector(trainer.model, tokenizer, cfg, config)
+            export_detector(trainer.model, tokenizer, out / EXPORT_DIR,
+                            {**config["info"], "max_length": cfg.max_length, "threshold": cfg.threshold},
+                            config["lm_tokenizer"])
     ray.train.report({"train_loss": float(result.training_loss), "steps": trainer.state.global_step})
 
 
-def export_detector(model: Any, tokenizer: Any, cfg: DetectorConfig, config: dict[str, Any]) -> Path:
-    """Save the detector as a Hugging Face directory with ``rac_detector.json`` and the LM tokenizer."""
+def export_detector(model: Any, tokenizer: Any, path: Path, info: dict[str, Any],
+                    lm_tokenizer: str | Path | None = None) -> Path:
+    """Save the detector as a Hugging Face directory with ``rac_detector.json`` (``info``:
+    ``max_length`` and ``threshold`` at least) and the LM tokenizer (for token-level validity)."""
     from transformers import AutoTokenizer
 
-    path = Path(cfg.output_dir) / EXPORT_DIR
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    AutoTokenizer.from_pretrained(config["lm_tokenizer"]).save_pretrained(str(tmp / LM_TOKENIZER_DIR))
-    (tmp / DETECTOR_FILE).write_text(json.dumps({**config["info"], "max_length": cfg.max_length,
-                                                 "threshold": cfg.threshold}, indent=2))
+    if lm_tokenizer is not None:
+        AutoTokenizer.from_pretrained(str(lm_tokenizer)).save_pretrained(str(tmp / LM_TOKENIZER_DIR))
+    (tmp / DETECTOR_FILE).write_text(json.dumps(info, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
