@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from rac.config import ConfigError, field_help, nested
-
-
-@dataclass
-class DetectorScaling:
-    """The Ray Train worker (one is enough: the model has 22.7M parameters)."""
-
-    num_workers: int = field_help(1, help="Ray Train workers (data-parallel ranks).")
-    use_gpu: bool = field_help(False, help="One GPU per worker; False trains on CPU.")
-    cpus_per_worker: float = field_help(1.0, help="CPUs reserved per worker.")
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ConfigError(f"scaling.num_workers must be at least 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+from rac.config import ConfigError, field_help
+from rac.training.config import ScalingSection
 
 
 @dataclass
@@ -58,7 +45,9 @@ class DetectorConfig:
     threshold: float = field_help(0.5, help="P(unsupported) at which a content word is reported as an unsupported "
                                             "span (stored with the model; serving may override it).")
     seed: int = field_help(0, help="Seed of the topic split, the head's initialisation and the data order.")
-    scaling: DetectorScaling = nested(DetectorScaling, "Ray Train workers.")
+    scaling: ScalingSection = dataclasses.field(
+        default_factory=lambda: ScalingSection(num_workers=1),
+        metadata={"help": "Ray Train workers (one is enough: the model has 22.7M parameters)."})
 
     def __post_init__(self) -> None:
         if not self.negatives_dirs:

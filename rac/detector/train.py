@@ -291,13 +291,13 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
         ``rows`` (read), ``rows_used``, ``train_examples``, ``train_topics``, ``heldout_pairs``,
         ``model_dir``, ``train_seconds`` and the held-out figures of the detector.
     """
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from transformers import AutoTokenizer
 
     from rac.evaluation.scorers import resolve_embedding_model
     from rac.training.data import write_dataset
+    from rac.training.trainer import check_resources
 
     base_model = resolve_base_model(cfg.base_model)
     lm_path = resolve_lm_tokenizer(cfg)
@@ -311,10 +311,7 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
     if cfg.scaling.num_workers * cfg.per_worker_batch_size > len(train_examples):
         raise ConfigError(f"{len(train_examples)} training examples, fewer than one batch of workers x "
                           f"per_worker_batch_size; lower per_worker_batch_size")
-    total = ray.cluster_resources().get("CPU", 0)
-    if cfg.scaling.num_workers * cfg.scaling.cpus_per_worker > total:
-        raise ConfigError(f"scaling asks for {cfg.scaling.num_workers * cfg.scaling.cpus_per_worker:g} CPUs, the "
-                          f"cluster has {total:g}; lower scaling.cpus_per_worker")
+    check_resources(cfg)  # the scaling section is the training stages' own (rac.training.config.ScalingSection)
 
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
