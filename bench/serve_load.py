@@ -1,6 +1,7 @@
 """Serving throughput and latency with batching on and off, measured in one run.
 
     python bench/serve_load.py [--model DIR] [--duration 15] [--concurrency 1 8 32] [--batch-sizes 1 16]
+    python bench/serve_load.py --detector outputs/demo/train_detector/model --batch-sizes 1 --concurrency 1
 
 Deploys ``serve.app:build_app`` on a local Ray instance (127.0.0.1, a free port) with the
 embedded BM25 index of the demo corpus, then drives ``POST /v1/clarify`` in a closed loop:
@@ -23,6 +24,12 @@ Decoding is what batching speeds up: a step's cost is mostly per-layer overhead,
 same for 16 rows as for one, as on a GPU. The prompt's prefill is compute-bound on a CPU and
 gains little, so wide models (hidden 256 and up) and long prompts (``--top-k``) shrink the
 gain. ``--model`` takes any exported model directory, e.g. ``outputs/models/smollm2-135m-instruct``.
+
+``--detector DIR`` deploys every batch size twice, without and with the unsupported-span
+detector (``detector.path``, precision ``--detector-precision``), and adds
+``detector_added_p50_ms`` per (batch size, concurrency): p50 with it minus p50 without it
+(target at batch size 1, concurrency 1: at most 20 ms). ``--top-k`` sets the passages the
+detector reads as well as the prompt's.
 
 Every request sent before the deadline is waited for and counted; requests/s is divided by
 the time to the last answer. Both choices are conservative for batching: the drain runs
@@ -106,8 +113,11 @@ def get_json(url: str) -> dict[str, Any]:
         return json.loads(resp.read())
 
 
-def app_args(model: str, index_dir: str, batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
+def app_args(model: str, index_dir: str, batch_size: int, args: argparse.Namespace,
+             detector: bool = False) -> dict[str, Any]:
     return {
+        "detector": {"path": str(Path(args.detector).resolve()) if detector else None,
+                     "precision": args.detector_precision},
         "model_path": model,
         "retriever": {"index_dir": index_dir, "top_k": args.top_k},
         "generator": {
@@ -138,6 +148,9 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads of the generator (1 avoids oversubscribing a shared 2-core machine).")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance.")
+    parser.add_argument("--detector", help="Exported unsupported-span detector: measure every point without and "
+                                           "with it (jobs.train_detector's <output_dir>/model).")
+    parser.add_argument("--detector-precision", default="int8", choices=["float32", "bfloat16", "int8"])
     args = parser.parse_args()
     # Libraries print to stdout (DeepSpeed's accelerator notice, Ray's forwarded messages,
     # blank lines from native code); keep stdout for the JSON alone, at the descriptor level.
@@ -174,20 +187,24 @@ def main() -> None:
         # Every batch size is deployed at once (its own route) and the points alternate
         # between them, so a load change on the shared machine hits both sides alike rather
         # than whichever happened to run second.
-        serve.run_many([serve.RunTarget(build_app(app_args(model, index_dir, bs, args)), name=f"bench-bs{bs}",
-                                        route_prefix=f"/bs{bs}") for bs in args.batch_sizes])
-        for bs in args.batch_sizes:
+        variants = [(bs, det) for bs in args.batch_sizes for det in ((False, True) if args.detector else (False,))]
+        route = {v: f"/bs{v[0]}" + ("-detector" if v[1] else "") for v in variants}
+        serve.run_many([serve.RunTarget(build_app(app_args(model, index_dir, bs, args, det)),
+                                        name="bench" + route[(bs, det)].replace("/", "-"),
+                                        route_prefix=route[(bs, det)])
+                        for bs, det in variants])
+        for v in variants:
             # Warm-up: first calls pay for lazy initialisation in the proxy, ingress and model.
-            asyncio.run(closed_loop(f"{base}/bs{bs}/v1/clarify", queries, 4, 3.0, args.max_new_tokens))
+            asyncio.run(closed_loop(f"{base}{route[v]}/v1/clarify", queries, 4, 3.0, args.max_new_tokens))
         for concurrency in args.concurrency:
-            for bs in args.batch_sizes:
-                app = f"{base}/bs{bs}"
+            for bs, det in variants:
+                app = f"{base}{route[(bs, det)]}"
                 before = get_json(f"{app}/v1/stats")
                 point = asyncio.run(closed_loop(f"{app}/v1/clarify", queries, concurrency, args.duration,
                                                 args.max_new_tokens))
                 after = get_json(f"{app}/v1/stats")
                 batches = after["batches"] - before["batches"]
-                point.update(max_batch_size=bs, concurrency=concurrency,
+                point.update(max_batch_size=bs, concurrency=concurrency, detector=det,
                              mean_batch_size=round((after["requests"] - before["requests"]) / batches, 2)
                              if batches else 0.0,
                              load_average_1m=round(os.getloadavg()[0], 2))
@@ -197,7 +214,10 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
 
-    by_key = {(r["max_batch_size"], r["concurrency"]): r for r in results}
+    by_key = {(r["max_batch_size"], r["concurrency"]): r for r in results if not r["detector"]}
+    with_detector = {(r["max_batch_size"], r["concurrency"]): r for r in results if r["detector"]}
+    detector_added = {f"bs{bs}_c{c}": round(r["p50_ms"] - by_key[(bs, c)]["p50_ms"], 1)
+                      for (bs, c), r in with_detector.items() if (bs, c) in by_key}
     base_bs, best_bs = min(args.batch_sizes), max(args.batch_sizes)
     comparison = {}
     for c in args.concurrency:
@@ -212,6 +232,8 @@ def main() -> None:
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "results": results,
         f"batching_{best_bs}_vs_{base_bs}": comparison,
+        **({"detector": args.detector, "detector_precision": args.detector_precision,
+            "detector_added_p50_ms": detector_added} if args.detector else {}),
     }, indent=2), file=json_out)
 
 

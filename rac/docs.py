@@ -16,6 +16,7 @@ JOBS = [
     ("jobs.train_sft", "rac.training.config:SFTConfig"),
     ("jobs.generate_negatives", "rac.decoding.config:NegativesConfig"),
     ("jobs.train_rac", "rac.training.config:RACConfig"),
+    ("jobs.train_detector", "rac.detector.config:DetectorConfig"),
     ("jobs.evaluate", "rac.evaluation.config:EvaluateConfig"),
     ("jobs.experiment", "rac.experiment.config:ExperimentConfig"),
     ("serve (serve/config.yaml args)", "rac.serving.config:ServeConfig"),

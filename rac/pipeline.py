@@ -33,6 +33,7 @@ from typing import Any
 from rac.config import ActorPoolConfig, ConfigError, field_help, git_revision, nested, package_versions, to_dict
 from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
+from rac.detector.config import DetectorConfig
 from rac.evaluation.config import EvaluateConfig
 from rac.failures import check_complete
 from rac.models.prepare import PrepareModelConfig
@@ -42,14 +43,18 @@ from rac.training.config import RACConfig, SFTConfig
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("index", "retrieve", "prepare_model", "sft_grounded", "sft_ungrounded", "negatives", "train_rac",
-          "evaluate")
+STAGES = ("index", "retrieve", "prepare_model", "sft_grounded", "sft_ungrounded", "negatives", "train_detector",
+          "train_rac", "evaluate")
+#: Stages a run makes unless told otherwise: the optional unsupported-span detector is left out
+#: (``with_detector: true`` adds it; about 4 minutes on the demo on 2 shared cores).
+DEFAULT_STAGES = tuple(s for s in STAGES if s != "train_detector")
 #: What each stage reads from (its fingerprint changes when any of these re-runs differently).
 UPSTREAM = {
     "index": (), "retrieve": ("index",), "prepare_model": (),
     "sft_grounded": ("retrieve", "prepare_model"), "sft_ungrounded": ("retrieve", "prepare_model"),
-    "negatives": ("retrieve", "sft_grounded", "sft_ungrounded"), "train_rac": ("negatives", "sft_grounded"),
-    "evaluate": ("retrieve", "sft_grounded", "sft_ungrounded", "train_rac", "negatives"),
+    "negatives": ("retrieve", "sft_grounded", "sft_ungrounded"), "train_detector": ("negatives",),
+    "train_rac": ("negatives", "sft_grounded"),
+    "evaluate": ("retrieve", "sft_grounded", "sft_ungrounded", "train_rac", "negatives", "train_detector"),
 }
 #: Keys of the stage sections that the pipeline sets from run_dir (a value given there would be lost).
 WIRED_KEYS = {
@@ -57,7 +62,8 @@ WIRED_KEYS = {
     "sft": ("input_dir", "output_dir", "run_name", "model.path", "grounded"),
     "negatives": ("input_dir", "output_dir", "grounded_model", "ungrounded_model"),
     "rac": ("input_dir", "output_dir", "run_name", "model.path"),
-    "evaluate": ("input_dir", "output_dir", "systems", "negatives_dirs"),
+    "detector": ("negatives_dirs", "output_dir", "run_name", "lm_tokenizer"),
+    "evaluate": ("input_dir", "output_dir", "systems", "negatives_dirs", "detector"),
 }
 MANIFEST = "manifest.json"
 #: Written when a stage starts: the config hash and inputs its output in the folder belongs to.
@@ -73,7 +79,10 @@ class PipelineConfig:
     """
 
     run_dir: str = field_help("outputs/demo", help="Directory of this run; each stage writes a subfolder.")
-    stages: list[str] = field_help(list(STAGES), help=f"Stages to run, in order; any of {list(STAGES)}.")
+    stages: list[str] = field_help(list(DEFAULT_STAGES), help=f"Stages to run, in order; any of {list(STAGES)}.")
+    with_detector: bool = field_help(
+        False, help="Add the optional train_detector stage after negatives (the unsupported-span detector, "
+                    "jobs.train_detector) and give evaluate its model (detector support, shown apart).")
     base_model: str = field_help("outputs/models/smollm2-135m-instruct",
                                  help="Model the SFT stages start from (prepare_model writes it if missing).")
     show: int = field_help(5, help="Example questions printed at the end.")
@@ -85,12 +94,16 @@ class PipelineConfig:
     sft: SFTConfig = nested(SFTConfig, "Both SFT stages (grounded and ungrounded differ only in `grounded`).")
     negatives: NegativesConfig = nested(NegativesConfig, "Mixture decoding of the unfaithful negatives.")
     rac: RACConfig = nested(RACConfig, "The joint objective.")
+    detector: DetectorConfig = nested(DetectorConfig, "The unsupported-span detector (with_detector: true).")
     evaluate: EvaluateConfig = nested(EvaluateConfig, "Evaluation of the grounded, ungrounded and RAC models.")
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+        if self.with_detector and "train_detector" not in self.stages:
+            at = self.stages.index("negatives") + 1 if "negatives" in self.stages else len(self.stages)
+            self.stages = [*self.stages[:at], "train_detector", *self.stages[at:]]
         defaults = {f.name: f.default_factory() for f in dataclasses.fields(self) if f.name in WIRED_KEYS}
         for section, keys in WIRED_KEYS.items():
             for key in keys:
@@ -127,8 +140,13 @@ class PipelineConfig:
                                              output_dir=str(run / "train_rac"), run_name="train_rac",
                                              model=dataclasses.replace(self.rac.model, path=str(grounded_model))),
         }
+        cfgs["train_detector"] = dataclasses.replace(
+            self.detector, negatives_dirs=[str(run / "negatives")], output_dir=str(run / "train_detector"),
+            run_name="train_detector", lm_tokenizer=str(grounded_model))
         cfgs["evaluate"] = _wire_evaluate(self.evaluate, run, grounded_model, ungrounded_model,
                                           self.negatives.sampling.alpha)
+        if "train_detector" in self.stages:
+            cfgs["evaluate"] = dataclasses.replace(cfgs["evaluate"], detector=str(run / "train_detector" / "model"))
         return cfgs
 
 
@@ -212,10 +230,15 @@ def runners() -> dict[str, Callable[[Any], dict[str, Any]]]:
 
         return run_evaluate(c)
 
+    def train_detector(c: Any) -> dict[str, Any]:
+        from rac.detector import run_train_detector
+
+        return run_train_detector(c)
+
     return {"index": run_index, "retrieve": run_retrieve,
             "prepare_model": lambda c: {"model_dir": str(prepare_model(c))},
             "sft_grounded": run_sft, "sft_ungrounded": run_sft, "negatives": negatives, "train_rac": run_rac,
-            "evaluate": evaluate}
+            "train_detector": train_detector, "evaluate": evaluate}
 
 
 def _prepare_stage_dir(stage_dir: Path, key: dict[str, Any], forced: bool) -> None:

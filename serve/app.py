@@ -113,7 +113,7 @@ class ClarifyIngress:
         self.generator = generator
         self.api_key = load_api_key(cfg.auth)
         self.service = ClarifyService(cfg, make_retriever(cfg.retriever), load_tokenizer(cfg.model_path),
-                                      self._generate)
+                                      self._generate, detector=load_detector(cfg))
 
     async def _generate(self, prompt: str, max_new_tokens: int) -> str:
         try:
@@ -143,6 +143,21 @@ class ClarifyIngress:
             service.close()
 
 
+def load_detector(cfg: ServeConfig) -> Any:
+    """The configured unsupported-span detector, or None; a broken one stops the replica naming it."""
+    if not cfg.detector.path:
+        return None
+    import torch
+
+    from rac.detector import UnsupportedSpanDetector
+
+    torch.set_num_threads(cfg.detector.torch_threads)
+    detector = UnsupportedSpanDetector(cfg.detector.path, precision=cfg.detector.precision, key="detector.path")
+    logging.getLogger("rac.serving").info("unsupported-span detector %s loaded (%s)", cfg.detector.path,
+                                          cfg.detector.precision)
+    return detector
+
+
 def check_paths(cfg: ServeConfig) -> None:
     """Fail at build time, before any replica starts, when the model or index is missing."""
     model = check_model_dir(cfg.model_path, "model_path", "run `make run` first (it trains the RAC model "
@@ -155,6 +170,10 @@ def check_paths(cfg: ServeConfig) -> None:
     if positions and needed > positions:
         raise ConfigError(f"generator.max_prompt_tokens + limits.max_new_tokens = {needed} exceeds the model's "
                           f"max_position_embeddings ({positions}); lower one of them")
+    if cfg.detector.path:
+        from rac.detector import check_detector_dir
+
+        check_detector_dir(cfg.detector.path, "detector.path")
     if cfg.retriever.backend == "embedded":
         from rac.retrieval.embedded import PARAMS_FILE
 

@@ -58,11 +58,22 @@ def test_unknown_stage_and_from_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key", ["sft.output_dir", "sft.run_name", "rac.model.path", "negatives.input_dir",
-                                 "evaluate.output_dir"])
+                                 "evaluate.output_dir", "detector.output_dir", "evaluate.detector"])
 def test_keys_the_pipeline_sets_are_refused_in_stage_sections(key):
     with pytest.raises(ConfigError, match=f"{key.replace('.', '[.]')} is set by the pipeline"):
         parse_config(PipelineConfig, [f"--{key}", "elsewhere"])
     parse_config(PipelineConfig, ["--sft.learning_rate", "0.001"])  # any other key of a section is taken
+
+
+def test_the_detector_stage_is_optional_and_wired_into_evaluate():
+    default = parse_config(PipelineConfig, [])
+    assert "train_detector" not in default.stages and default.stage_configs()["evaluate"].detector is None
+    cfg = parse_config(PipelineConfig, ["--run_dir", "runs/x", "--with_detector", "true"])
+    assert cfg.stages.index("train_detector") == cfg.stages.index("negatives") + 1
+    stages = cfg.stage_configs()
+    assert stages["train_detector"].negatives_dirs == ["runs/x/negatives"]
+    assert stages["train_detector"].lm_tokenizer == "runs/x/sft_grounded/model"
+    assert stages["evaluate"].detector == "runs/x/train_detector/model"
 
 
 def test_failed_rows_and_files_cut_short_are_never_taken_as_done(ray_local, tmp_path, monkeypatch):

@@ -79,6 +79,10 @@ class EvaluateConfig:
     fluency_model: str | None = field_help(
         None, help="Causal LM directory whose mean token log-probability of a question is its fluency "
                    "(e.g. outputs/models/smollm2-135m-instruct). Unset: fluency is 'not configured'.")
+    detector: str | None = field_help(
+        None, help="Exported unsupported-span detector (jobs.train_detector's <output_dir>/model). Set: every system "
+                   "and mixture sample also gets detector support, shown apart in the report, and the validity "
+                   "table gains its rows on the topics the detector never saw. Unset: no detector figures.")
     negatives_dirs: dict[str, str] = field_help(
         {}, help="Mixture samples for the faithfulness/fluency sweep and metric validity: mapping alpha -> "
                  "output_dir of jobs.generate_negatives run at that alpha (e.g. {0: ..., 0.25: ..., 1: ...}).")

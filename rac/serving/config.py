@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rac.config import ConfigError, field_help, nested
 from rac.models.factory import Dtype, dtype_field
@@ -190,6 +190,29 @@ class AuthConfig:
 
 
 @dataclass
+class DetectorSection:
+    """The optional unsupported-span detector (``jobs.train_detector``), run in the ingress."""
+
+    path: str | None = field_help(
+        None, help="Exported detector directory (jobs.train_detector's <output_dir>/model). Unset: responses carry "
+                   "unsupported_spans and detector_support as null, and /readyz and the OpenAPI description say "
+                   "so. Set but missing or broken: the deploy stops naming it.")
+    threshold: float | None = field_help(
+        None, help="P(unsupported) at which a content word is returned as an unsupported span (None: the "
+                   "threshold stored with the detector).")
+    precision: Literal["float32", "bfloat16", "int8"] = field_help(
+        "int8", help="Inference precision: int8 (dynamic quantization of the linear layers; about twice as fast "
+                     "as float32 on CPU, probabilities within a few hundredths), float32 or bfloat16.")
+    torch_threads: int = field_help(1, help="torch threads of the detector in each ingress replica.")
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise ConfigError(f"detector.threshold must be in (0, 1) or null, got {self.threshold}")
+        if self.torch_threads < 1:
+            raise ConfigError(f"detector.torch_threads must be at least 1, got {self.torch_threads}")
+
+
+@dataclass
 class ServeConfig:
     """``build_app`` args: everything the clarifying-question Serve application needs."""
 
@@ -205,6 +228,7 @@ class ServeConfig:
     ingress: IngressConfig = nested(IngressConfig, "Ingress deployment and timeouts.")
     limits: LimitsConfig = nested(LimitsConfig, "Bounds on one request.")
     auth: AuthConfig = nested(AuthConfig, "Optional API key.")
+    detector: DetectorSection = nested(DetectorSection, "Optional unsupported-span detector.")
 
     def __post_init__(self) -> None:
         if not self.model_path:
@@ -234,4 +258,6 @@ class ServeConfig:
         cfg.retriever = dataclasses.replace(self.retriever, index_dir=absolute(self.retriever.index_dir))
         if self.auth.api_key_file:
             cfg.auth = dataclasses.replace(self.auth, api_key_file=absolute(self.auth.api_key_file))
+        if self.detector.path:
+            cfg.detector = dataclasses.replace(self.detector, path=absolute(self.detector.path))
         return cfg

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rac.serving.auth import APIKeyChecker, presented_key
 from rac.serving.config import ServeConfig
 from rac.serving.schemas import ClarifyResponse, ErrorResponse, make_request_model
-from rac.serving.service import ClarifyService, ServingError
+from rac.serving.service import NOT_CONFIGURED, ClarifyService, ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,15 @@ def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
     return fields
 
 
+def detector_description(service: ClarifyService) -> str:
+    """What the OpenAPI description says of the unsupported-span detector."""
+    if service.detector is None:
+        return ("Unsupported-span detector: not configured, so every answer carries unsupported_spans and "
+                "detector_support as null (set detector.path to an exported detector).")
+    return (f"Unsupported-span detector: configured; every answer marks the question's content words with "
+            f"P(unsupported) >= {service.detector_threshold:g} in unsupported_spans (character offsets).")
+
+
 def create_app(
     cfg: ServeConfig,
     service: ClarifyService,
@@ -186,7 +195,7 @@ def create_app(
         title="RAC clarifying questions",
         version="1.0",
         description="Retrieves BM25 passages for an ambiguous search query and asks one clarifying question "
-                    "grounded in them.",
+                    "grounded in them. " + detector_description(service),
     )
 
     @app.exception_handler(ServingError)
@@ -243,7 +252,7 @@ def create_app(
              responses={503: {"description": "A component is not ready"}})
     async def readyz() -> JSONResponse:
         components = await service.ready(check_generator)
-        ready = all(v == "ok" for v in components.values())
+        ready = all(v in ("ok", NOT_CONFIGURED) for v in components.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "components": components},
                             status_code=200 if ready else 503)
 

@@ -32,6 +32,15 @@ class Grounding(BaseModel):
     f1: float
 
 
+class UnsupportedSpan(BaseModel):
+    """Words of the question the detector finds unsupported by the passages."""
+
+    start: int = Field(description="Offset of the span's first character in the question (Unicode code points).")
+    end: int = Field(description="Offset one past the span's last character.")
+    text: str = Field(description="question[start:end].")
+    probability: float = Field(description="The largest P(unsupported) among the span's tokens.")
+
+
 class ClarifyResponse(BaseModel):
     """One clarifying question, grounded in the passages retrieved for the query."""
 
@@ -40,6 +49,13 @@ class ClarifyResponse(BaseModel):
     model: str = Field(description="Name of the served model.")
     grounding: Grounding | None = Field(
         description="Grounding of the question in the passages; null when the scorer is not installed.")
+    unsupported_spans: list[UnsupportedSpan] | None = Field(
+        description="Content words of the question that the unsupported-span detector finds unsupported by the "
+                    "passages (P(unsupported) at or above its threshold), as character offsets; null when no "
+                    "detector is configured.")
+    detector_support: float | None = Field(
+        description="1 - mean P(unsupported) over the question's content words, in [0, 1]; null when no detector "
+                    "is configured.")
     latency_ms: float = Field(description="Time the server spent on the request, in milliseconds.")
 
 

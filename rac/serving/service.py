@@ -23,6 +23,9 @@ from rac.serving.config import ServeConfig
 
 logger = logging.getLogger(__name__)
 
+#: What /readyz shows for an optional component that is not configured (it does not make the app unready).
+NOT_CONFIGURED = "not configured"
+
 #: ``async generate(prompt, max_new_tokens) -> question``: the generator deployment, or a stand-in.
 GenerateFn = Callable[[str, int], Awaitable[str]]
 
@@ -72,9 +75,12 @@ class ClarifyService:
         The served model's tokenizer; counts prompt tokens.
     generate
         ``async generate(prompt, max_new_tokens) -> question``.
+    detector
+        The unsupported-span detector (:class:`rac.detector.UnsupportedSpanDetector`), or None.
     """
 
-    def __init__(self, cfg: ServeConfig, retriever: Retriever, tokenizer: Any, generate: GenerateFn):
+    def __init__(self, cfg: ServeConfig, retriever: Retriever, tokenizer: Any, generate: GenerateFn,
+                 detector: Any = None):
         self.cfg = cfg
         self.retriever = retriever
         self.tokenizer = tokenizer
@@ -82,6 +88,11 @@ class ClarifyService:
         # Searches run in threads of their own: a hung backend can hold at most these,
         # and the event loop (health checks, other requests) never waits on a socket.
         self._pool = ThreadPoolExecutor(max_workers=cfg.ingress.retrieval_threads, thread_name_prefix="retrieval")
+        self.detector = detector
+        # One thread of its own: a detector call never waits behind a hung search.
+        self._detector_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector") if detector else None
+        self.detector_threshold = (cfg.detector.threshold if cfg.detector.threshold is not None
+                                   else float(getattr(detector, "info", {}).get("threshold", 0.5)))
         self._grounding = _grounding_fn()
         if self._grounding is None:
             logger.warning("rac.evaluation.grounding is not installed: responses carry grounding=null")
@@ -135,6 +146,20 @@ class ClarifyService:
             return None
         return {k: float(v) for k, v in scores.items()}
 
+    async def unsupported_spans(self, question: str, passages: list[dict[str, Any]]) -> dict[str, Any]:
+        """``{unsupported_spans, detector_support}`` of ``question``; both None without a detector."""
+        if self.detector is None:
+            return {"unsupported_spans": None, "detector_support": None}
+        loop = asyncio.get_running_loop()
+        try:
+            (result,) = await loop.run_in_executor(self._detector_pool, self.detector.score, [question], [passages])
+        except Exception:
+            # As with grounding: a scoring failure must not cost the user their question.
+            logger.exception("detector failed")
+            return {"unsupported_spans": None, "detector_support": None}
+        return {"unsupported_spans": result.spans(self.detector_threshold),
+                "detector_support": round(float(result.support), 4)}
+
     async def clarify(self, query: str, top_k: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
         """The clarifying question for ``query`` with its passages, grounding and latency.
 
@@ -152,9 +177,10 @@ class ClarifyService:
         passages = await self.retrieve(query, top_k)
         prompt = await self._in_pool(self.prompt, query, passages)
         question = await self.generate(prompt, max_new_tokens)
-        grounding = await self.grounding(question, passages)
+        grounding, detected = await asyncio.gather(self.grounding(question, passages),
+                                                   self.unsupported_spans(question, passages))
         return {"question": question, "passages": passages, "model": self.cfg.served_model_name,
-                "grounding": grounding, "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
+                "grounding": grounding, **detected, "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     async def ready(self, check_generator: Callable[[], Awaitable[Any]] | None = None) -> dict[str, str]:
         """Per component, "ok" or what is wrong; the caller answers 503 unless all are ok."""
@@ -162,6 +188,7 @@ class ClarifyService:
         status = {"retriever": await self._probe("retriever", lambda: self._in_pool(check)) if check else "ok"}
         if check_generator is not None:
             status["generator"] = await self._probe("generator", check_generator)
+        status["detector"] = "ok" if self.detector is not None else NOT_CONFIGURED
         return status
 
     async def _probe(self, name: str, check: Callable[[], Awaitable[Any]]) -> str:
@@ -178,4 +205,6 @@ class ClarifyService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._detector_pool is not None:
+            self._detector_pool.shutdown(wait=False, cancel_futures=True)
         self.retriever.close()

@@ -76,3 +76,35 @@ def save_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, tokeni
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
+
+
+def save_tiny_encoder(path: str | Path, words: Iterable[str], hidden: int = 64, layers: int = 2, seed: int = 0,
+                      num_labels: int | None = None, info: dict[str, Any] | None = None) -> Path:
+    """A tiny BERT with a word-level WordPiece vocabulary of ``words`` at ``path``.
+
+    ``num_labels`` given: a token classifier with a random head (``info`` given too: saved as
+    an exported unsupported-span detector, :func:`rac.detector.train.export_detector`).
+    """
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5 takes the vocabulary as `vocab` (a `vocab_file=` keyword is ignored: every word [UNK]).
+    tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=512)
+    torch.manual_seed(seed)
+    if num_labels is None:
+        BertModel(config).eval().save_pretrained(str(path))
+        tokenizer.save_pretrained(str(path))
+        return path
+    from transformers import BertForTokenClassification
+
+    from rac.detector.train import LABELS, export_detector
+
+    config.num_labels, config.id2label, config.label2id = 2, LABELS, {v: k for k, v in LABELS.items()}
+    return export_detector(BertForTokenClassification(config).eval(), tokenizer, path,
+                           info or {"max_length": 128, "threshold": 0.5})

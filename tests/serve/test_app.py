@@ -27,9 +27,15 @@ MAX_BATCH = 4
 KEY = "test-key-" + secrets.token_hex(8)
 
 
-def _args(model: Path, index: Path, key_file: Path | None, **generator: Any) -> dict[str, Any]:
+#: Low enough that the tiny random detector flags words, so the spans' offsets are exercised.
+THRESHOLD = 0.01
+
+
+def _args(model: Path, index: Path, key_file: Path | None, detector: Path | None = None,
+          **generator: Any) -> dict[str, Any]:
     small = {"num_cpus": 0.25, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
     return {
+        "detector": {"path": str(detector) if detector else None, "threshold": THRESHOLD, "precision": "float32"},
         "model_path": str(model),
         "retriever": {"index_dir": str(index), "top_k": 3, "max_query_chars": 300},
         "generator": {"max_batch_size": MAX_BATCH, "batch_wait_timeout_s": 0.25, "max_new_tokens": 8,
@@ -43,7 +49,7 @@ def _args(model: Path, index: Path, key_file: Path | None, **generator: Any) -> 
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_local, tiny_model_dir, demo_index_dir, tmp_path_factory):
+def base_url(ray_local, tiny_model_dir, wordy_model_dir, demo_index_dir, tiny_detector_dir, tmp_path_factory):
     from ray import serve
 
     from serve.app import build_app
@@ -57,6 +63,8 @@ def base_url(ray_local, tiny_model_dir, demo_index_dir, tmp_path_factory):
             serve.RunTarget(build_app(_args(tiny_model_dir, demo_index_dir, key_file)), name="rac", route_prefix="/"),
             serve.RunTarget(build_app(_args(tiny_model_dir, demo_index_dir, None, test_delay_s=5.0)), name="slow",
                             route_prefix="/slow"),
+            serve.RunTarget(build_app(_args(wordy_model_dir, demo_index_dir, None, detector=tiny_detector_dir)),
+                            name="detector", route_prefix="/det"),
         ])
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -91,7 +99,10 @@ def test_clarify_answers_with_passages_question_and_grounding(base_url, tiny_mod
 
     status, body, _ = call(base_url, "/v1/clarify", {"query": "jaguar", "top_k": 2, "max_new_tokens": 6})
     assert status == 200, body
-    assert set(body) == {"question", "passages", "model", "grounding", "latency_ms"}
+    assert set(body) == {"question", "passages", "model", "grounding", "unsupported_spans", "detector_support",
+                         "latency_ms"}
+    # No detector configured: no spans, and the schema's description says so.
+    assert body["unsupported_spans"] is None and body["detector_support"] is None
     # The passages are the configured backend's top 2 for the query, best first.
     expected = EmbeddedBM25Retriever(demo_index_dir).search(["jaguar"], 2)[0]
     assert [p["id"] for p in body["passages"]] == [p["id"] for p in expected]
@@ -206,7 +217,29 @@ def test_slow_generator_gives_504_within_the_timeout(base_url):
 def test_health_and_readiness(base_url):
     assert call(base_url, "/healthz")[:2] == (200, {"status": "ok"})
     status, body, _ = call(base_url, "/readyz")
-    assert status == 200 and body == {"status": "ready", "components": {"retriever": "ok", "generator": "ok"}}
+    assert status == 200 and body == {"status": "ready", "components": {"retriever": "ok", "generator": "ok",
+                                                                        "detector": "not configured"}}
+    assert "detector: not configured" in call(base_url, "/openapi.json")[1]["info"]["description"]
+    status, body, _ = call(base_url, "/det/readyz", key=None)
+    assert status == 200 and body["components"]["detector"] == "ok"
+
+
+def test_answer_marks_unsupported_spans_over_http(base_url, tiny_detector_dir):
+    from rac.detector import UnsupportedSpanDetector
+
+    status, body, _ = call(base_url, "/det/v1/clarify", {"query": "jaguar", "top_k": 2, "max_new_tokens": 8},
+                           key=None)
+    assert status == 200, body
+    # The spans are the detector's own reading of the served question and passages, at the threshold.
+    result = UnsupportedSpanDetector(tiny_detector_dir).score([body["question"]], [body["passages"]])[0]
+    assert body["unsupported_spans"] == result.spans(THRESHOLD)
+    assert body["detector_support"] == pytest.approx(result.support, abs=1e-4)
+    assert body["unsupported_spans"], f"no content word flagged in {body['question']!r} at {THRESHOLD}"
+    for span in body["unsupported_spans"]:
+        assert body["question"][span["start"]:span["end"]] == span["text"]
+        assert span["probability"] >= THRESHOLD
+    description = call(base_url, "/det/openapi.json", key=None)[1]["info"]["description"]
+    assert "detector: configured" in description
 
 
 def test_api_key_never_reaches_the_logs(base_url, ray_local):

