@@ -50,7 +50,9 @@ def bert_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("bert-nli")
     words = sorted(set(metric_words(" ".join(demo_texts()))))[:400]
     (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    # transformers 5 takes the vocabulary as `vocab` (`vocab_file=` is ignored: every word [UNK]).
+    tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)
+    assert tokenizer.convert_tokens_to_ids(words[0]) != tokenizer.unk_token_id
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=512, initializer_range=0.5,
                         label2id=NLI_LABELS, id2label={i: label for label, i in NLI_LABELS.items()})
