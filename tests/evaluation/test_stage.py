@@ -17,8 +17,10 @@ from rac.data.schema import PASSAGE_TYPE, records_to_table
 from rac.evaluation import EvaluateConfig, SystemConfig, run_evaluate
 from rac.evaluation.reference import NOT_AVAILABLE_OFFLINE, wordnet_available
 from rac.evaluation.scorers import NOT_AVAILABLE, NOT_CONFIGURED, EntailmentScorer
+from rac.evaluation.grounding import metric_words
 from rac.evaluation.stage import GenerateBatch, clean_question
 from rac.models.generation import GENERATION_FAILURE
+from rac.testing.tiny import demo_texts, save_tiny_encoder
 
 #: Hand-made T2 rows: (id, passage, C+). C- at each alpha is built to be less grounded as alpha grows.
 T2 = [
@@ -45,13 +47,16 @@ def _write_negatives(root, alpha: float, with_error: bool = False):
         provenance = [1 if k < round(alpha * 8) else 0 for k in range(8)]
         rows.append({"id": i, "query": i, "passages": [{"id": f"p-{i}", "text": passage, "score": 1.0}],
                      "chosen": chosen, "rejected": rejected, "provenance": provenance,
-                     "mixing_rate": None, "alpha": alpha, "error": None})  # realised rate: from provenance
+                     "mixing_rate": None, "alpha": alpha, "error": None,  # realised rate: from provenance
+                     "topic_id": i, "rejected_token_ids": None})
     if with_error:
         rows.append({"id": "m5", "query": "x", "passages": [], "chosen": "x?", "rejected": None, "provenance": None,
-                     "mixing_rate": None, "alpha": alpha, "error": "generation failed: RuntimeError: boom"})
+                     "mixing_rate": None, "alpha": alpha, "error": "generation failed: RuntimeError: boom",
+                     "topic_id": "m5", "rejected_token_ids": None})
     schema = pa.schema([("id", pa.string()), ("query", pa.string()), ("passages", pa.list_(PASSAGE_TYPE)),
                         ("chosen", pa.string()), ("rejected", pa.string()), ("provenance", pa.list_(pa.int8())),
-                        ("mixing_rate", pa.float64()), ("alpha", pa.float64()), ("error", pa.string())])
+                        ("mixing_rate", pa.float64()), ("alpha", pa.float64()), ("error", pa.string()),
+                        ("topic_id", pa.string()), ("rejected_token_ids", pa.list_(pa.int32()))])
     out = root / f"neg-{alpha}"
     (out / "negatives").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "negatives" / "part-0.parquet")
@@ -103,6 +108,11 @@ def test_generation_batches_with_left_padding_and_keeps_failing_rows(lm_dirs, tm
 
 def test_evaluate_job_on_local_ray(ray_local, tmp_path, retrieved_dir, lm_dirs, bert_dir, capsys):
     out = tmp_path / "eval"
+    # A tiny exported detector (random head) that was "trained" on topic m1: m2-m4 are its held-out pairs.
+    words = sorted(set(metric_words(" ".join([*demo_texts(), *(t for row in T2 for t in row[1:]), OFF_TOPIC]))))
+    detector = save_tiny_encoder(tmp_path / "detector", words, num_labels=2,
+                                 info={"max_length": 128, "threshold": 0.5, "train_topics": ["m1"],
+                                       "negatives_dirs": ["the-run/negatives"]})
     config = {
         "input_dir": str(retrieved_dir), "output_dir": str(out),
         "systems": [{"name": "a", "path": str(lm_dirs[0])},
@@ -113,6 +123,7 @@ def test_evaluate_job_on_local_ray(ray_local, tmp_path, retrieved_dir, lm_dirs, 
                            1.0: _write_negatives(tmp_path, 1.0, with_error=True)},
         "pool": {"min_size": 1, "max_size": 1, "batch_size": 4},
         "score_pool": {"min_size": 1, "max_size": 1, "batch_size": 16},
+        "detector": str(detector),
     }
     config_file = tmp_path / "evaluate.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -133,6 +144,7 @@ def test_evaluate_job_on_local_ray(ray_local, tmp_path, retrieved_dir, lm_dirs, 
         for r in good:
             assert isinstance(r["prediction"], str) and 0 <= r["parent_f1"] <= 1 and 0 <= r["entailment"] <= 1
             assert r["meteor_exact"] is not None and r["rouge_l"] is not None and r["bleu"] is not None
+            assert 0 <= r["detector_support"] <= 1 and r["detector_tokens"]
     # The stored entailment is the NLI model's own figure for that question and its passages.
     row = good[0]
     assert row["entailment"] == pytest.approx(EntailmentScorer(bert_dir).score([row["prediction"]],
@@ -161,7 +173,19 @@ def test_evaluate_job_on_local_ray(ray_local, tmp_path, retrieved_dir, lm_dirs, 
     assert validity[("parent_f1", "all")]["n"] == 12
     assert validity[("parent_f1", "all")]["spearman_mixing_rate"]["rho"] < -0.8
 
+    # Detector support for every system (the mean of its rows), and its validity on the held-out topics only.
+    det = report["detector"]
+    for name in ("a", "b"):
+        rows = pq.read_table(out / "predictions" / f"{name}.parquet").to_pylist()
+        mean = sum(r["detector_support"] for r in rows if r["error"] is None) / 6
+        assert det["systems"][name] == {"evaluated": 6, "detector_support": pytest.approx(mean, abs=1e-4)}
+    assert det["train_topics"] == 1 and det["heldout_pairs"] == 3 * 3  # m2-m4 at each alpha (m5 failed)
+    assert "the-run/negatives" in det["note"]
+    held = {v["metric"]: v for v in det["metric_validity"]}
+    assert {"detector_support", "parent_f1"} <= set(held) and held["detector_support"]["n"] == 9
+
     md = (out / "report.md").read_text()
+    assert "the-run/negatives" in md and "detector support" in md.lower()
     for heading in ("## Systems", "## Significance", "## Faithfulness vs fluency", "## Metric validity",
                     "## Examples"):
         assert heading in md

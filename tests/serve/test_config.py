@@ -41,6 +41,17 @@ def test_serve_config_is_a_valid_serve_deploy_config():
     assert cfg.retriever.backend == "embedded"
 
 
+def test_the_commented_detector_block_is_valid_once_uncommented():
+    import re
+
+    text = SERVE_CONFIG.read_text()
+    assert _serve_config()["applications"][0]["args"].get("detector") is None  # off as shipped
+    on = re.sub(r"^(\s*)# (detector:|  (path|threshold|precision):)", r"\1\2", text, flags=re.M)
+    args = yaml.safe_load(on)["applications"][0]["args"]
+    cfg = from_dict(ServeConfig, args)
+    assert cfg.detector.path == "outputs/demo/train_detector/model" and cfg.detector.precision == "int8"
+
+
 def test_import_path_names_build_app():
     import importlib
 
