@@ -15,9 +15,9 @@ from jobs.evaluate import main as evaluate_job
 from rac.config import ActorPoolConfig
 from rac.data.schema import PASSAGE_TYPE, records_to_table
 from rac.evaluation import EvaluateConfig, SystemConfig, run_evaluate
+from rac.evaluation.grounding import metric_words
 from rac.evaluation.reference import NOT_AVAILABLE_OFFLINE, wordnet_available
 from rac.evaluation.scorers import NOT_AVAILABLE, NOT_CONFIGURED, EntailmentScorer
-from rac.evaluation.grounding import metric_words
 from rac.evaluation.stage import GenerateBatch, clean_question
 from rac.models.generation import GENERATION_FAILURE
 from rac.testing.tiny import demo_texts, save_tiny_encoder
