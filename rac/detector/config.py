@@ -42,6 +42,11 @@ class DetectorConfig:
     heldout_fraction: float = field_help(
         0.3, help="Fraction of the topics held out: never trained on, used for the validity figures (and by the "
                   "evaluation report's held-out scope).")
+    cv_folds: int = field_help(
+        0, help="0: validity on the held-out topics only. k >= 2: also k-fold cross-validation over topics (k more "
+                "trainings): every pair scored by a detector that never saw its topic, so the figures rest on "
+                "every pair, not a fraction (the exported detector is still the one trained without the "
+                "held-out topics).")
     threshold: float = field_help(0.5, help="P(unsupported) at which a content word is reported as an unsupported "
                                             "span (stored with the model; serving may override it).")
     seed: int = field_help(0, help="Seed of the topic split, the head's initialisation and the data order.")
@@ -64,5 +69,7 @@ class DetectorConfig:
         if not 0 < self.heldout_fraction < 1:
             raise ConfigError(f"heldout_fraction must be in (0, 1): the validity figures need held-out topics, "
                               f"got {self.heldout_fraction}")
+        if self.cv_folds == 1 or self.cv_folds < 0:
+            raise ConfigError(f"cv_folds must be 0 (off) or at least 2, got {self.cv_folds}")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")

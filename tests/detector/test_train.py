@@ -85,6 +85,7 @@ def test_negatives_without_provenance_stop_with_exit_1(tmp_path, lm_tokenizer_di
     (["--heldout_fraction", "0"], "heldout_fraction must be in (0, 1)"),
     (["--max_length", "4096"], "max_length must be in [16, 512]"),
     (["--negatives_dirs", "[]"], "negatives_dirs must name at least one"),
+    (["--cv_folds", "1"], "cv_folds must be 0 (off) or at least 2"),
 ])
 def test_impossible_values_are_config_errors(args, message, capsys):
     assert run(DetectorConfig, run_train_detector, args, use_ray=False) == 2
@@ -114,3 +115,49 @@ def test_detector_flags_inserted_foreign_words(ray_local, tmp_path, lm_tokenizer
     hits = sum(len(f & set(r["foreign"])) for f, r in zip(found, test, strict=True))
     false = sum(len(f - set(r["foreign"])) for f, r in zip(found, test, strict=True))
     assert hits >= 0.7 * 2 * len(test) and false <= 0.1 * len(test), (hits, false)
+
+
+def test_cross_validation_scores_every_pair_with_a_detector_that_never_saw_its_topic(tmp_path, lm_tokenizer_dir,
+                                                                                     monkeypatch):
+    """cv_folds: k detectors, the held-out topics of the k folds partition the topics, every pair is scored
+    once. Training itself is replaced by a tiny exported detector (the real training is the slow test above)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    import rac.detector.train as train
+    from rac.config import from_dict
+    from rac.testing.tiny import demo_texts, save_tiny_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(lm_tokenizer_dir))
+    rows = synthetic_rows(tokenizer, 30, seed=0)  # topics t0..t19
+    words = sorted({w.lower() for r in rows for t in (r["rejected"], r["chosen"], r["passages"][0]["text"])
+                    for w in t.replace("?", " ").split()} | set(" ".join(demo_texts()).lower().split()))
+    base = save_tiny_encoder(tmp_path / "base", words)
+    fits = []
+
+    def fake_fit(cfg, base_model, lm_path, examples, info):
+        fits.append((Path(cfg.output_dir).name, set(info["train_topics"]), len(examples)))
+        return save_tiny_encoder(Path(cfg.output_dir) / "model", words, num_labels=2,
+                                 info={"max_length": cfg.max_length, "threshold": 0.5}), 1.0
+
+    monkeypatch.setattr(train, "fit_detector", fake_fit)
+    cfg = from_dict(DetectorConfig, {
+        "negatives_dirs": [str(write_negatives(rows, tmp_path / "negs"))], "output_dir": str(tmp_path / "det"),
+        "base_model": str(base), "lm_tokenizer": str(lm_tokenizer_dir), "max_length": 64, "cv_folds": 3,
+        "per_worker_batch_size": 2, "scaling": {"num_workers": 1, "cpus_per_worker": 1, "check_resources": False}})
+    summary = run_train_detector(cfg)
+
+    topics = {r["topic_id"] for r in rows}
+    assert [name for name, _, _ in fits] == ["det", "fold-0", "fold-1", "fold-2"]
+    held = [topics - seen for _, seen, _ in fits[1:]]
+    assert all(h and seen for h, (_, seen, _) in zip(held, fits[1:], strict=True)), "each fold trains and holds out"
+    assert set().union(*held) == topics and sum(len(h) for h in held) == len(topics), "folds partition the topics"
+    figures = json.loads((tmp_path / "det" / "validity.json").read_text())
+    cv = figures["cross_validated"]
+    assert cv["pairs"] == len(rows) and cv["topics"] == len(topics) and cv["folds"] == 3
+    assert {e["metric"] for e in cv["metric_validity"]} >= {"detector_support", "parent_f1", "semantic_support"}
+    assert all(e["n"] == len(rows) for e in cv["metric_validity"])
+    assert figures["pairs"] < len(rows)  # the single held-out split scores a fraction only
+    assert summary["cross_validated"]["pairs"] == len(rows)
+    assert "3-fold cross-validation" in (tmp_path / "det" / "validity.md").read_text()
