@@ -308,6 +308,12 @@ def summary_text(cfg: PipelineConfig, manifests: dict[str, dict[str, Any]], widt
                 (f"{v:.4f}" if isinstance(v, float) else str(v))[:16].rjust(17) for v in cells))
         if report.get("metric_status"):
             lines.append("  without a number: " + "; ".join(f"{k}: {v}" for k, v in report["metric_status"].items()))
+        detector = report.get("detector")
+        if detector:
+            scores = ", ".join(f"{name} {s['detector_support']:.4f}" for name, s in detector["systems"].items()
+                               if s.get("detector_support") is not None)
+            lines.append(f"  detector support (learned from this run's negatives, so it favours a model trained "
+                         f"against them; see the report): {scores}")
         lines.append(f"\nfull report: {Path(cfg.run_dir) / 'evaluate' / 'report.md'}")
     elif "retrieve" in manifests:
         from rac.retrieval import format_examples, read_retrieved

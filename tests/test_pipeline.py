@@ -126,3 +126,20 @@ def test_failed_rows_and_files_cut_short_are_never_taken_as_done(ray_local, tmp_
     assert redone["index"]["skipped"] and not redone["retrieve"]["skipped"]
     assert redone["retrieve"]["summary"]["searched"] == lost
     assert run_pipeline(cfg)["retrieve"]["skipped"]
+
+
+def test_the_printed_summary_shows_detector_support_only_when_a_detector_ran(tmp_path):
+    from rac.pipeline import summary_text
+
+    cfg = PipelineConfig(run_dir=str(tmp_path))
+    (tmp_path / "evaluate").mkdir()
+    report = {"examples": [], "metric_status": {}, "detector": None,
+              "systems": {"grounded-sft": {"rouge_l": 0.26}, "rac": {"rouge_l": 0.28}}}
+    (tmp_path / "evaluate" / "report.json").write_text(json.dumps(report))
+    manifests = {"evaluate": {"seconds": 1.0, "rows_in": 12, "rows_out": None}}
+    assert "detector support" not in summary_text(cfg, manifests)
+    report["detector"] = {"systems": {"grounded-sft": {"evaluated": 12, "detector_support": 0.7521},
+                                      "rac": {"evaluated": 12, "detector_support": 0.7421}}}
+    (tmp_path / "evaluate" / "report.json").write_text(json.dumps(report))
+    line = next(x for x in summary_text(cfg, manifests).splitlines() if "detector support" in x)
+    assert "grounded-sft 0.7521" in line and "rac 0.7421" in line and "favours a model trained against them" in line
