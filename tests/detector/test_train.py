@@ -137,7 +137,7 @@ def test_cross_validation_scores_every_pair_with_a_detector_that_never_saw_its_t
     fits = []
 
     def fake_fit(cfg, base_model, lm_path, examples, info):
-        fits.append((Path(cfg.output_dir).name, set(info["train_topics"]), len(examples)))
+        fits.append((Path(cfg.output_dir).name, set(info["train_topics"])))
         return save_tiny_encoder(Path(cfg.output_dir) / "model", words, num_labels=2,
                                  info={"max_length": cfg.max_length, "threshold": 0.5}), 1.0
 
@@ -149,9 +149,9 @@ def test_cross_validation_scores_every_pair_with_a_detector_that_never_saw_its_t
     summary = run_train_detector(cfg)
 
     topics = {r["topic_id"] for r in rows}
-    assert [name for name, _, _ in fits] == ["det", "fold-0", "fold-1", "fold-2"]
-    held = [topics - seen for _, seen, _ in fits[1:]]
-    assert all(h and seen for h, (_, seen, _) in zip(held, fits[1:], strict=True)), "each fold trains and holds out"
+    assert [name for name, _ in fits] == ["det", "fold-0", "fold-1", "fold-2"]
+    held = [topics - seen for _, seen in fits[1:]]
+    assert all(h and seen for h, (_, seen) in zip(held, fits[1:], strict=True)), "each fold trains and holds out"
     assert set().union(*held) == topics and sum(len(h) for h in held) == len(topics), "folds partition the topics"
     figures = json.loads((tmp_path / "det" / "validity.json").read_text())
     cv = figures["cross_validated"]
