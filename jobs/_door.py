@@ -1,5 +1,8 @@
 """What every job does around its one library call: config, logging, Ray, exit codes.
 
+Every door takes ``--storage DIR`` (or ``RAC_STORAGE``): the root every relative output,
+index, checkpoint and model path is resolved against before any work (:mod:`rac.storage`).
+
 Exit codes: 0 done; 1 bad input, or a service or resource that failed (a data file that
 cannot be read, a search server that does not answer, a stage left with failed rows, a
 full disk, a path in the config that leads nowhere): a message on stderr, no traceback;
@@ -18,6 +21,7 @@ from rac.config import ConfigError, parse_config
 from rac.data.loaders import DataFormatError
 from rac.failures import StageIncompleteError
 from rac.retrieval.base import RetrievalError
+from rac.storage import STORAGE_ENV, prepare_storage
 
 C = TypeVar("C")
 
@@ -42,11 +46,16 @@ def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = No
     logging.basicConfig(level=os.environ.get("RAC_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prog = "python -m " + (sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else "jobs")
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv, storage = pop_option(argv, "--storage")
         cfg = parse_config(config_cls, argv, prog=prog)
+        root = prepare_storage(cfg, storage)  # every relative path made absolute here, before any work
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    logging.getLogger("rac").info("storage root: %s", root)
+    os.environ[STORAGE_ENV] = str(root)  # recorded in run_info.json
     try:
         if use_ray:
             init_ray()
@@ -58,6 +67,16 @@ def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = No
         print(f"error: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def pop_option(argv: list[str], option: str) -> tuple[list[str], str | None]:
+    """``argv`` without ``option VALUE`` (an option of the door, not a config key), and VALUE."""
+    if option not in argv:
+        return argv, None
+    i = argv.index(option)
+    if i + 1 >= len(argv):
+        raise ConfigError(f"{option} needs a value")
+    return argv[:i] + argv[i + 2:], argv[i + 1]
 
 
 def user_error(e: BaseException) -> BaseException | None:

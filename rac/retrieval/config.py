@@ -51,8 +51,8 @@ class RetrieverConfig:
     b: float = field_help(0.75, help="BM25 b (length normalisation). Elasticsearch's default is 0.75.")
     max_query_chars: int = field_help(1000, help="Longer queries are rejected as error rows.")
     index_dir: str = field_help(
-        "outputs/index/bm25", help="Embedded backend: directory of the BM25 index (written by jobs.index). "
-                                   "On a multi-node cluster it must be on storage every node sees.")
+        "outputs/index/bm25", storage="path",
+        help="Embedded backend: directory of the BM25 index (written by jobs.index), on the storage root.")
     elasticsearch: ElasticsearchConfig = nested(ElasticsearchConfig, "Elasticsearch backend settings.")
 
     def __post_init__(self) -> None:
@@ -77,7 +77,8 @@ class IndexConfig:
     data: DataConfig = nested(DataConfig, "Records and corpus to index.")
     retriever: RetrieverConfig = nested(RetrieverConfig, "Backend to index into.")
     pool: ActorPoolConfig = nested(ActorPoolConfig, "Actor pool of the Elasticsearch bulk indexers.")
-    output_dir: str = field_help("outputs/index", help="Where the corpus, index errors and run info go.")
+    output_dir: str = field_help("outputs/index", storage="path",
+                                 help="Where the corpus, index errors and run info go.")
     recreate: bool = field_help(True, help="Delete and recreate an existing index of the same name.")
 
 
@@ -88,7 +89,8 @@ class RetrieveConfig:
     data: DataConfig = nested(DataConfig, "Records whose queries are retrieved for.")
     retriever: RetrieverConfig = nested(RetrieverConfig, "Backend to search.")
     pool: ActorPoolConfig = nested(ActorPoolConfig, "Actor pool of the retrieval stage.")
-    output_dir: str = field_help("outputs/retrieve", help="Where the Parquet parts (retrieved/) and run info go.")
+    output_dir: str = field_help("outputs/retrieve", storage="path",
+                                 help="Where the Parquet parts (retrieved/) and run info go.")
     resume: bool = field_help(
         True, help="A rerun into the same output_dir skips the ids already written with the same settings, data "
                    "and index, and searches again the rows the server failed; false deletes them and starts over.")

@@ -45,10 +45,18 @@ class DeepSpeedSection:
 class TrainConfig:
     """What SFT and the joint objective share."""
 
-    input_dir: str = field_help("outputs/demo/retrieve", help="Directory of the stage output to train on.")
-    output_dir: str = field_help("outputs/train", help="Checkpoints, metrics, the exported model, run info.")
+    input_dir: str = field_help("outputs/demo/retrieve", storage="path",
+                                help="Directory of the stage output to train on.")
+    output_dir: str = field_help("outputs/train", storage="path",
+                                 help="Checkpoints, metrics, the exported model, run info.")
     run_name: str = field_help("train", help="Ray Train run name; a run with the same name and output_dir "
                                              "resumes from its latest checkpoint.")
+    checkpoint_storage: str | None = field_help(
+        None, storage="path", help="Where Ray Train keeps checkpoints: a directory every node mounts, or a URI "
+                                   "(s3://bucket/prefix, gs://bucket/prefix). None: <output_dir>/ray.")
+    checkpoint_endpoint: str | None = field_help(
+        None, help="Endpoint URL of an S3-compatible store (MinIO, Ceph) for an s3:// checkpoint_storage; "
+                   "credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")
     model: ModelConfig = nested(ModelConfig, "Model to start from.")
     max_length: int = field_help(384, help="Tokens of prompt plus answer; passages are trimmed first.")
     max_answer_tokens: int = field_help(48, help="Tokens kept of an answer (question plus end of sequence).")
@@ -91,6 +99,9 @@ class TrainConfig:
         unknown = set(self.report_to) - {"tensorboard", "mlflow"}
         if unknown:
             raise ConfigError(f"report_to accepts tensorboard and mlflow, got {sorted(unknown)}")
+        if self.checkpoint_endpoint and not (self.checkpoint_storage or "").startswith("s3://"):
+            raise ConfigError(f"checkpoint_endpoint is the endpoint of an S3-compatible store; set checkpoint_storage "
+                              f"to s3://bucket/prefix, got {self.checkpoint_storage!r}")
         if self.trainer_args:
             check_trainer_args(self.trainer_args, "DPOConfig" if isinstance(self, RACConfig) else "SFTConfig")
 

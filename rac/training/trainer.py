@@ -4,7 +4,7 @@ Train (``TorchTrainer``) with checkpoints that resume."""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import logging
 from pathlib import Path
@@ -12,6 +12,8 @@ from typing import Any
 
 from rac.config import ConfigError, write_run_info
 from rac.models.factory import load_tokenizer
+from rac.storage import resolve_storage, storage_root
+from rac.training.checkpoints import checkpoint_storage
 from rac.training.config import RACConfig, SFTConfig, TrainConfig
 from rac.training.data import (
     DATA_DIR,
@@ -110,43 +112,38 @@ def preflight(cfg: TrainConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _absolute(cfg: TrainConfig) -> TrainConfig:
-    """Paths made absolute: workers do not share the driver's working directory."""
-    model = dataclasses.replace(cfg.model, path=str(Path(cfg.model.path).resolve()))
-    return dataclasses.replace(cfg, input_dir=str(Path(cfg.input_dir).resolve()),
-                               output_dir=str(Path(cfg.output_dir).resolve()), model=model)
-
-
 def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says (SFT or the joint objective); returns a summary.
 
     ``kill_at_step`` is a test hook: one worker is killed (SIGKILL) once at that step.
 
     Outputs in ``cfg.output_dir``: ``model/`` (Hugging Face format), ``metrics.jsonl``,
-    ``ray/<run_name>/`` (Ray Train checkpoints), ``config.yaml`` and ``run_info.json``.
+    ``ray/<run_name>/`` (Ray Train checkpoints, unless ``checkpoint_storage`` puts them
+    elsewhere), ``config.yaml`` and ``run_info.json``.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rac.training.worker import EXPORT_DIR, train_loop_per_worker
 
+    cfg = resolve_storage(copy.deepcopy(cfg), storage_root())  # workers never resolve a relative path
     usable = preflight(cfg)
     rows = len(usable)
-    cfg = _absolute(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stage = "train_rac" if isinstance(cfg, RACConfig) else "train_sft"
     counts = build_datasets(cfg, usable)
     write_run_info(out, stage, cfg, rows=rows, examples=counts)
+    fs, storage_path = checkpoint_storage(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "kill_at_step": kill_at_step,
-                           "storage_dir": str(out / "ray" / cfg.run_name)},
+                           "storage": (fs, f"{storage_path}/{cfg.run_name}")},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=RunConfig(
-            name=cfg.run_name, storage_path=str(out / "ray"),
+            name=cfg.run_name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )

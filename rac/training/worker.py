@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from rac.models.factory import load_model, load_tokenizer, peft_config, resolve_dtype
+from rac.training.checkpoints import checkpoint_step, latest_checkpoint
 from rac.training.config import RACConfig, TrainConfig
 from rac.training.data import DATA_DIR, load_dataset_dir
 
 logger = logging.getLogger(__name__)
 
 EXPORT_DIR = "model"
-#: The Hugging Face checkpoint inside a Ray Train checkpoint (RayTrainReportCallback's layout).
-HF_CHECKPOINT = "checkpoint"
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -100,36 +99,6 @@ def _configure_accelerate(cfg: TrainConfig) -> None:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
-def _checkpoint_step(path: Path, world: int) -> int:
-    """The step of a complete Hugging Face checkpoint (every rank's RNG state saved), else -1."""
-    import json
-
-    state = path / "trainer_state.json"
-    rng = ["rng_state.pth"] if world == 1 else [f"rng_state_{r}.pth" for r in range(world)]
-    if not state.is_file() or not all((path / f).is_file() for f in rng):
-        return -1
-    try:
-        return int(json.loads(state.read_text())["global_step"])
-    except (ValueError, KeyError):
-        return -1
-
-
-def latest_checkpoint(reported: Any, storage_dir: Path, world: int) -> Path | None:
-    """The Hugging Face checkpoint to resume from: the newest complete one.
-
-    Ray Train hands back the latest checkpoint it registered; a checkpoint whose report was
-    still in flight when a worker died is on storage but may not be registered, so the
-    run's storage folder is scanned too (it is shared storage on a multi-node cluster).
-    """
-    candidates: list[Path] = []
-    if reported is not None and (Path(reported.path) / HF_CHECKPOINT).is_dir():
-        candidates.append(Path(reported.path) / HF_CHECKPOINT)
-    if storage_dir.is_dir():
-        candidates += sorted(storage_dir.glob(f"checkpoint_*/{HF_CHECKPOINT}"))
-    best = max(candidates, key=lambda p: _checkpoint_step(p, world), default=None)
-    return best if best is not None and _checkpoint_step(best, world) > 0 else None
-
-
 def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any:
     """The TRL trainer of ``cfg`` on the tokenized datasets under ``<output_dir>/data``."""
     from transformers import PrinterCallback
@@ -154,8 +123,9 @@ def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: ``{"cfg", "storage_dir", "kill_at_step"}``."""
+    """Ray Train entry point. ``config``: ``{"cfg", "storage": (filesystem, run path), "kill_at_step"}``."""
     import ray.train
+    from pyarrow.fs import LocalFileSystem
     from ray.train.huggingface.transformers import RayTrainReportCallback
 
     from rac.training.engine import METRICS_FILE, FaultInjectionCallback, MetricsCallback
@@ -174,12 +144,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                 Path(cfg.output_dir) / "fault_injected"))
     with tempfile.TemporaryDirectory(prefix=f"rac-{cfg.run_name}-rank{rank}-") as local_dir:
         trainer = build_trainer(cfg, local_dir, callbacks)
-        resume = latest_checkpoint(ray.train.get_checkpoint(), Path(config["storage_dir"]), world)
+        fs, run_path = config["storage"]
+        resume = latest_checkpoint(ray.train.get_checkpoint(), fs, run_path, world, local_dir)
         if resume is not None:
             logger.info("rank %d resumes from %s", rank, resume)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         export_model(trainer, cfg, Path(cfg.output_dir) / EXPORT_DIR, rank)
-        if resume is not None and trainer.state.global_step == _checkpoint_step(resume, world):
+        if resume is not None and trainer.state.global_step == checkpoint_step(LocalFileSystem(), str(resume), world):
             ray.train.report({"step": trainer.state.global_step})  # resumed at the end: nothing left to train
 
 
