@@ -258,7 +258,6 @@ def git_revision(cwd: str | Path | None = None) -> str:
     Under ``ray job submit`` the working_dir has no ``.git``; the submitter may pass the
     revision in ``RAC_GIT_REVISION`` (``cluster/runtime_env.yaml`` shows how).
     """
-    import os
 
     if os.environ.get("RAC_GIT_REVISION"):
         return os.environ["RAC_GIT_REVISION"]
@@ -295,9 +294,12 @@ def write_run_info(out_dir: str | Path, stage: str, cfg: Any, **extra: Any) -> P
         "git_revision": git_revision(),
         "versions": package_versions(),
         "command": sys.argv,
-        "storage": os.environ.get("RAC_STORAGE"),
         **extra,
     }
+    if (out_dir / "placement").is_dir():  # rac.placement: where the stage's workers and actors ran
+        from rac.placement import placements
+
+        info["nodes"] = placements(out_dir)
     path = out_dir / "run_info.json"
     path.write_text(json.dumps(info, indent=2, default=str))
     return path

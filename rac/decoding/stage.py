@@ -39,6 +39,7 @@ from rac.parts import (
     table_digest,
     written_ids,
 )
+from rac.placement import record_placement
 from rac.retrieval.stage import read_retrieved
 from rac.rows import batch_then_rows, row_error
 
@@ -108,6 +109,7 @@ class NegativesBatch:
         self.decoder = MixtureDecoder(load_causal_lm(cfg.grounded_model, cfg.dtype, device),
                                       load_causal_lm(cfg.ungrounded_model, cfg.dtype, device),
                                       self.tokenizer, cfg.sampling)
+        record_placement(cfg.output_dir, "negatives_actor")
         logger.info("negatives actor ready on %s", device)
 
     def _prompts(self, row: dict[str, Any]) -> tuple[str, str, int] | str:

@@ -44,6 +44,7 @@ from rac.models.factory import check_model_dir, resolve_device
 from rac.models.generation import GENERATION_FAILURE, greedy_generate
 from rac.models.prompts import prompt_token_ids, question_from_text
 from rac.parts import read_stage_output
+from rac.placement import record_placement
 from rac.retrieval.stage import RETRIEVED_COLUMNS, read_retrieved
 from rac.rows import batch_then_rows, row_error
 
@@ -119,6 +120,7 @@ class GenerateBatch:
         self.device = resolve_device(cfg.device, cfg.pool.num_gpus)
         self.tokenizer = load_tokenizer(system.path, padding_side="left")
         self.model = load_causal_lm(system.path, cfg.dtype, self.device)
+        record_placement(cfg.output_dir, "generate_actor")
         logger.info("generator %s ready on %s", system.name, self.device)
 
     def _prompt_ids(self, row: dict[str, Any]) -> tuple[list[int], int] | str:
@@ -209,6 +211,7 @@ class ScoreBatch:
 
     def __init__(self, cfg: EvaluateConfig, embedding_dir: str | None):
         device = resolve_device(cfg.device, cfg.score_pool.num_gpus)
+        record_placement(cfg.output_dir, "score_actor")
         self.entailment = EntailmentScorer(cfg.nli_model, cfg.nli_max_length, device, cfg.dtype) \
             if cfg.nli_model else None
         self.support = SemanticSupportScorer(embedding_dir, device, cfg.dtype) if embedding_dir else None

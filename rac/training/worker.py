@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.models.factory import load_model, load_tokenizer, peft_config, resolve_dtype
+from rac.placement import record_placement
 from rac.training.checkpoints import checkpoint_step, latest_checkpoint
 from rac.training.config import RACConfig, TrainConfig
 from rac.training.data import DATA_DIR, load_dataset_dir
@@ -138,6 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(cfg.output_dir) / "tensorboard"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(cfg.output_dir) / "mlruns").as_uri())
     _configure_accelerate(cfg)
+    record_placement(cfg.output_dir, "train_worker")
     callbacks: list[Any] = [MetricsCallback(Path(cfg.output_dir) / METRICS_FILE), RayTrainReportCallback()]
     if config.get("kill_at_step"):
         callbacks.append(FaultInjectionCallback(config["kill_at_step"], rank, world - 1,

@@ -61,7 +61,7 @@ def kill_group(proc: subprocess.Popen, timeout: float = 30) -> bool:
             os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
     deadline = time.monotonic() + timeout
-    while group_alive(proc.pid) or any(_alive(pid) for pid in below):  # init reaps orphans a moment later
+    while group_alive(proc.pid) or any(alive(pid) for pid in below):  # init reaps orphans a moment later
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -80,7 +80,7 @@ def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: f
     return False
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
@@ -94,3 +94,19 @@ def group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def session_pids(sid: int) -> list[tuple[int, str]]:
+    """(pid, command) of every live process of the session ``sid`` (a job started with
+    ``start_new_session``: its driver, and the local Ray it started, keep that session)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[3]) == sid:
+                out.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
