@@ -15,6 +15,7 @@ All logic lives in ``rac.serving``; this module only wires it into Serve.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from rac.models.factory import check_model_dir
 from rac.serving.config import ServeConfig
 from rac.serving.generator import BatchStats, GenerationScheduler, QuestionGenerator
 from rac.serving.service import ServingError
+from rac.storage import resolve_storage, storage_root
 
 
 def _log_rac_to_serve_logs() -> None:
@@ -199,7 +201,8 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Application:
     The bound application: ``ClarifyIngress`` calling ``QuestionGenerator``.
     """
     cfg = args if isinstance(args, ServeConfig) else from_dict(ServeConfig, dict(args or {}))
-    cfg = cfg.resolved()
+    # Replicas may start in another working directory than the one the app is built in.
+    cfg = resolve_storage(copy.deepcopy(cfg), storage_root())
     check_paths(cfg)
     ingress, generator = deployments(cfg)
     return ingress.bind(cfg, generator.bind(cfg))

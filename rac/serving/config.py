@@ -175,7 +175,7 @@ class AuthConfig:
     api_key_env: str = field_help(
         "RAC_SERVE_API_KEY", help="Environment variable holding the API key (unset or empty: no key from env).")
     api_key_file: str | None = field_help(
-        None, help="File holding the API key, e.g. a mounted Kubernetes secret; read at replica start.")
+        None, storage="path", help="File holding the API key, e.g. a mounted Kubernetes secret; read at replica start.")
     required: bool = field_help(
         False, help="Refuse to start without a key (set true in production so a missing secret is loud).")
     open_paths: list[str] = field_help(
@@ -194,9 +194,10 @@ class DetectorSection:
     """The optional unsupported-span detector (``jobs.train_detector``), run in the ingress."""
 
     path: str | None = field_help(
-        None, help="Exported detector directory (jobs.train_detector's <output_dir>/model). Unset: responses carry "
-                   "unsupported_spans and detector_support as null, and /readyz and the OpenAPI description say "
-                   "so. Set but missing or broken: the deploy stops naming it.")
+        None, storage="path",
+        help="Exported detector directory (jobs.train_detector's <output_dir>/model). Unset: responses carry "
+             "unsupported_spans and detector_support as null, and /readyz and the OpenAPI description say "
+             "so. Set but missing or broken: the deploy stops naming it.")
     threshold: float | None = field_help(
         None, help="P(unsupported) at which a content word is returned as an unsupported span (None: the "
                    "threshold stored with the detector).")
@@ -217,10 +218,11 @@ class ServeConfig:
     """``build_app`` args: everything the clarifying-question Serve application needs."""
 
     model_path: str = field_help(
-        "outputs/demo/train_rac/model",
+        "outputs/demo/train_rac/model", storage="path",
         help="Hugging Face model directory (config.json + tokenizer) a training job exported; default: the RAC "
-             "model `make run` trains. Relative paths are resolved against the directory serve run/deploy "
-             "builds the app in.")
+             "model `make run` trains. Relative paths (this one, the index, the key file, the detector) are "
+             "resolved against the storage root: RAC_STORAGE in the app's runtime_env env_vars (on a cluster, "
+             "the root the jobs wrote to), else the directory serve run/deploy builds the app in.")
     model_name: str | None = field_help(None, help="Name reported in responses (None: the model directory's name).")
     dtype: Dtype = dtype_field()
     retriever: RetrieverConfig = nested(RetrieverConfig, "BM25 backend (Elasticsearch when a URL is set).")
@@ -243,21 +245,3 @@ class ServeConfig:
     @property
     def served_model_name(self) -> str:
         return self.model_name or Path(self.model_path).name
-
-    def resolved(self, base: str | Path | None = None) -> ServeConfig:
-        """A copy whose relative paths (model, embedded index, key file) are absolute.
-
-        Replicas may start in another working directory than the one the app is built in.
-        """
-        base = Path(base or Path.cwd())
-
-        def absolute(p: str) -> str:
-            return str(p if Path(p).is_absolute() else (base / p).resolve())
-
-        cfg = dataclasses.replace(self, model_path=absolute(self.model_path))
-        cfg.retriever = dataclasses.replace(self.retriever, index_dir=absolute(self.retriever.index_dir))
-        if self.auth.api_key_file:
-            cfg.auth = dataclasses.replace(self.auth, api_key_file=absolute(self.auth.api_key_file))
-        if self.detector.path:
-            cfg.detector = dataclasses.replace(self.detector, path=absolute(self.detector.path))
-        return cfg

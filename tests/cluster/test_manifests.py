@@ -4,11 +4,14 @@ import importlib
 import re
 import shlex
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
 
+from jobs._door import pop_option
 from rac.config import parse_config
+from rac.storage import prepare_storage
 from tests.conftest import REPO
 
 CLUSTER = REPO / "cluster"
@@ -69,8 +72,12 @@ def test_every_job_command_parses_with_its_jobs_config(command):
     args = shlex.split(command)
     module = importlib.import_module(args[2])
     config_cls = typing.get_type_hints(module.main)["cfg"]
-    argv = [a for a in args[3:] if a != "--from"]
-    parse_config(config_cls, argv)
+    argv, _ = pop_option(args[3:], "--from")
+    argv, storage = pop_option(argv, "--storage")
+    cfg = parse_config(config_cls, argv)
+    root = prepare_storage(cfg, storage)
+    outputs = cfg.run_dir if hasattr(cfg, "run_dir") else cfg.output_dir
+    assert storage and Path(outputs).is_relative_to(root), f"{command}: outputs {outputs} not on --storage {storage}"
 
 
 def test_dockerfile_copies_what_exists_and_installs_like_the_makefile():

@@ -164,9 +164,11 @@ def test_configured_detector_missing_or_broken_fails_at_build_naming_it(tmp_path
         UnsupportedSpanDetector(truncated, key="detector.path")
 
 
-def test_relative_paths_resolve_against_the_build_directory(tmp_path):
-    cfg = from_dict(ServeConfig, {"model_path": "models/m", "retriever": {"index_dir": "idx"},
-                                     "auth": {"api_key_file": "secret/key"}}).resolved(tmp_path)
+def test_relative_paths_resolve_against_the_storage_root(tmp_path):
+    from rac.storage import resolve_storage
+
+    cfg = resolve_storage(from_dict(ServeConfig, {"model_path": "models/m", "retriever": {"index_dir": "idx"},
+                                                  "auth": {"api_key_file": "secret/key"}}), tmp_path)
     assert cfg.model_path == str(tmp_path / "models" / "m")
     assert cfg.retriever.index_dir == str(tmp_path / "idx")
     assert cfg.auth.api_key_file == str(tmp_path / "secret" / "key")

@@ -1,0 +1,105 @@
+"""The whole pipeline as a ``ray job submit`` on a cluster of three ``ray start`` nodes (a head
+that runs no stage work and two worker nodes, conftest), with the demo config's relative paths
+and a storage root, exactly as the README writes it (tiny models, short training)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from rac.pipeline import MANIFEST
+from rac.testing.tiny import save_tiny_model
+from tests.e2e.test_chaos import ALL_STAGES, compare_runs
+
+#: The training workers and actors of these stages record their node (rac.placement).
+PLACED = {"sft_grounded": "train_worker", "sft_ungrounded": "train_worker", "train_rac": "train_worker",
+          "negatives": "negatives_actor", "evaluate": "generate_actor"}
+
+
+def pipeline_args(storage: Path) -> list[str]:
+    args = ["python", "-m", "jobs.pipeline", "--config", "configs/demo.yaml", "--storage", str(storage),
+            "--base_model", "outputs/models/tiny", "--stages", f"[{', '.join(ALL_STAGES)}]", "--show", "0",
+            "--evaluate.fluency_model", "outputs/models/tiny", "--evaluate.bootstrap_samples", "200",
+            "--evaluate.embedding_model", "null", "--retrieve_pool.batch_size", "10",
+            "--negatives.pool.batch_size", "4", "--sft.max_steps", "60", "--sft.save_steps", "10",
+            "--rac.max_steps", "2"]
+    return args
+
+
+def storage_with_base_model(root: Path) -> Path:
+    """A storage root holding the base model, where a user puts theirs (relative in the config)."""
+    save_tiny_model(root / "outputs" / "models" / "tiny")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_cluster, tmp_path_factory):
+    """The pipeline submitted once and left to finish: (storage root, the submit's output)."""
+    storage = storage_with_base_model(tmp_path_factory.mktemp("reference"))
+    start = time.monotonic()
+    proc = ray_cluster.submit(*pipeline_args(storage))
+    print(f"multi-node pipeline: {time.monotonic() - start:.0f} s")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return storage, proc
+
+
+def test_the_pipeline_runs_on_the_worker_nodes_and_writes_only_to_storage(ray_cluster, reference_run):
+    storage, proc = reference_run
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    run = storage / "outputs" / "demo"
+    for stage in ALL_STAGES:
+        assert (run / stage / MANIFEST).is_file(), stage
+        config = run / stage / "config.yaml"
+        if config.is_file():  # what each stage recorded: absolute paths under the storage root
+            text = config.read_text()
+            assert text.count("outputs/") == text.count(f"{storage}/outputs/") > 0, text
+    # Nothing but code in any node's copy of the job's working directory.
+    resources = ray_cluster.runtime_resources()
+    assert resources
+    for folder in resources:
+        written = [p for pattern in ("outputs", "*.parquet", "*.safetensors", MANIFEST, "run_info.json")
+                   for p in folder.rglob(pattern)]
+        assert not written, written
+    # Training workers and actors on the worker nodes; the driver on the head.
+    nodes = ray_cluster.node_ids()
+    workers = {n for n, kind in nodes.items() if kind == "worker"}
+    where = {}
+    for stage, role in PLACED.items():
+        placed = json.loads((run / stage / "run_info.json").read_text())["nodes"]
+        assert nodes.get(placed["driver"]) == "head", (stage, placed)
+        assert placed[role] and set(placed[role]) <= workers, (stage, placed, nodes)
+        where[stage] = placed[role]
+    print("placement:", json.dumps(where))
+
+
+def test_a_stopped_job_resubmitted_resumes_and_ends_as_an_uninterrupted_one(ray_cluster, reference_run, tmp_path):
+    reference = reference_run[0] / "outputs" / "demo"
+    storage = storage_with_base_model(tmp_path / "stopped")
+    run = storage / "outputs" / "demo"
+    submitted = ray_cluster.submit(*pipeline_args(storage), wait=False, submission_id="rac-stop-1")
+    assert submitted.returncode == 0, submitted.stderr
+    checkpoints = run / "sft_grounded" / "ray" / "sft_grounded"
+    deadline = time.monotonic() + 900
+    while not list(checkpoints.glob("checkpoint_*/checkpoint/trainer_state.json")):
+        assert ray_cluster.job_status("rac-stop-1") in ("RUNNING", "PENDING"), \
+            ray_cluster.ray("job", "logs", f"--address={ray_cluster.url}", "rac-stop-1").stdout[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    stop = ray_cluster.ray("job", "stop", f"--address={ray_cluster.url}", "rac-stop-1")
+    assert stop.returncode == 0, stop.stderr
+    while ray_cluster.job_status("rac-stop-1") not in ("STOPPED", "FAILED", "SUCCEEDED"):
+        time.sleep(0.5)
+    assert ray_cluster.job_status("rac-stop-1") == "STOPPED"
+    assert not (run / "sft_grounded" / MANIFEST).exists(), "stopped after the stage finished: stop sooner"
+    assert (run / "retrieve" / MANIFEST).is_file()
+
+    again = ray_cluster.submit(*pipeline_args(storage))
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    assert again.stdout.count("unchanged, skipped") == 2  # index and retrieve
+    assert "resumes from" in again.stdout  # the training workers, from the stopped run's checkpoint
+    lost, mismatches = compare_runs(reference, run, ALL_STAGES)
+    print(f"stop and resubmit: rows lost {lost}, mismatches {mismatches}")
+    assert lost == 0 and not mismatches, mismatches
