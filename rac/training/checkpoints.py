@@ -83,5 +83,6 @@ def latest_checkpoint(reported: Any, fs: Any, run_path: str, world: int, local_d
     if isinstance(best_fs, pafs.LocalFileSystem):
         return Path(best_path)
     local = Path(local_dir) / "resume" / HF_CHECKPOINT
+    local.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(best_path, str(local), source_filesystem=best_fs, destination_filesystem=pafs.LocalFileSystem())
     return local

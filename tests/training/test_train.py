@@ -93,6 +93,67 @@ def test_sft_lowers_loss_resumes_where_it_stopped_and_exports(ray_local, demo_di
     assert not torch.equal(model.lm_head.weight, initial.lm_head.weight)
 
 
+@pytest.fixture
+def s3_bucket(tmp_path, monkeypatch):
+    """A real S3-API server (moto's standalone server) on 127.0.0.1 with an empty bucket; the
+    driver's AWS_* variables name its test credentials. Returns the endpoint URL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.fs as pafs
+
+    from rac.testing.es_server import free_port, wait_http
+
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(endpoint, timeout=60, proc=proc)
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        pafs.S3FileSystem(endpoint_override=endpoint, access_key="testing", secret_key="testing",
+                          region="us-east-1", allow_bucket_creation=True).create_dir("rac-ckpt")
+        yield endpoint
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def test_sft_checkpoints_in_object_storage_and_resumes_from_it(ray_local, demo_dir, tmp_path, s3_bucket):
+    import pyarrow.fs as pafs
+    from safetensors.torch import load_file
+
+    probe = sft_config(demo_dir, tmp_path / "probe")
+    per_epoch = steps_per_epoch(probe, len(holdout_by_topic(training_rows(probe), probe.eval_fraction, probe.seed)[0]))
+    total = per_epoch + 2
+
+    def cfg(name):
+        return sft_config(demo_dir, tmp_path / name, max_steps=total, save_steps=per_epoch,
+                          checkpoint_storage=f"s3://rac-ckpt/{name}", checkpoint_endpoint=s3_bucket)
+
+    full = run_training(cfg("full"))
+    cut = cfg("cut")
+    with pytest.raises(Exception):  # noqa: B017 - Ray's error type for a dead worker varies
+        run_training(cut, kill_at_step=per_epoch + 1)
+    s3 = pafs.S3FileSystem(endpoint_override=s3_bucket, access_key="testing", secret_key="testing",
+                           region="us-east-1")
+    stored = [i.path for i in s3.get_file_info(pafs.FileSelector("rac-ckpt/cut/sft", recursive=True))
+              if i.path.endswith("trainer_state.json")]
+    assert stored, "no checkpoint in the bucket"
+    assert not (tmp_path / "cut" / "ray").exists()  # nothing on the local storage path
+    resumed = run_training(cut)
+    assert resumed["checkpoint"].startswith("rac-ckpt/cut/sft/")
+    steps = [m["step"] for m in read_metrics(cut.output_dir)]
+    assert steps == list(range(1, total + 1)), "a step was repeated or skipped"
+    a, b = (load_file(f"{s['model_dir']}/model.safetensors") for s in (full, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def rac_config(demo_dir, out, **kw):
     root, model = demo_dir
     base = RACConfig(input_dir=str(root / "negatives"), output_dir=str(out), run_name="rac",
