@@ -216,6 +216,25 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | No
     return from_dict(cls, data)
 
 
+def get_dotted(cfg: Any, key: str) -> Any:
+    """``cfg.a.b`` for the key ``"a.b"``."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def refuse_wired_keys(cfg: Any, wired: dict[str, tuple[str, ...]], by: str) -> None:
+    """Refuse a value given for a key of a stage section that a runner sets itself (the
+    pipeline, the study runner): it would be silently replaced. ``by`` says who sets it."""
+    for section, keys in wired.items():
+        given = getattr(cfg, section)
+        default = type(given)()
+        for key in keys:
+            if get_dotted(given, key) != get_dotted(default, key):
+                raise ConfigError(f"{section}.{key} is set by {by}, so {get_dotted(given, key)!r} would be "
+                                  f"ignored; remove it from the config, or run the stage's own job to choose it")
+
+
 def config_reference(cls: type, prefix: str = "", instance: Any = None) -> str:
     """Every key of ``cls`` (nested sections dotted) with its type, default and help.
 

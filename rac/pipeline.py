@@ -30,7 +30,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rac.config import ActorPoolConfig, ConfigError, field_help, git_revision, nested, package_versions, to_dict
+from rac.config import (
+    ActorPoolConfig,
+    ConfigError,
+    field_help,
+    git_revision,
+    nested,
+    package_versions,
+    refuse_wired_keys,
+    to_dict,
+)
 from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
 from rac.detector.config import DetectorConfig
@@ -105,14 +114,7 @@ class PipelineConfig:
         if self.with_detector and "train_detector" not in self.stages:
             at = self.stages.index("negatives") + 1 if "negatives" in self.stages else len(self.stages)
             self.stages = [*self.stages[:at], "train_detector", *self.stages[at:]]
-        defaults = {f.name: f.default_factory() for f in dataclasses.fields(self) if f.name in WIRED_KEYS}
-        for section, keys in WIRED_KEYS.items():
-            for key in keys:
-                given, default = _dotted(getattr(self, section), key), _dotted(defaults[section], key)
-                if given != default:
-                    raise ConfigError(f"{section}.{key} is set by the pipeline from run_dir (and base_model), "
-                                      f"so {given!r} would be ignored; remove it from the config, or run the "
-                                      f"stage's own job to choose it")
+        refuse_wired_keys(self, WIRED_KEYS, "the pipeline from run_dir (and base_model)")
 
     def stage_configs(self) -> dict[str, Any]:
         """Each stage's config, wired to the run directory."""
@@ -149,12 +151,6 @@ class PipelineConfig:
         if "train_detector" in self.stages:
             cfgs["evaluate"] = dataclasses.replace(cfgs["evaluate"], detector=str(run / "train_detector" / "model"))
         return cfgs
-
-
-def _dotted(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def _wire_evaluate(cfg: Any, run: Path, grounded_model: Path, ungrounded_model: Path, alpha: float) -> Any:

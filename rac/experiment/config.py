@@ -9,7 +9,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rac.config import ActorPoolConfig, ConfigError, field_help, nested
+from rac.config import ActorPoolConfig, ConfigError, field_help, nested, refuse_wired_keys
 from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig, SamplingParams
 from rac.evaluation.config import EvaluateConfig
@@ -139,12 +139,7 @@ class ExperimentConfig:
             raise ConfigError("seeds is empty; give at least one seed, e.g. [0]")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
-        for section, keys in WIRED_KEYS.items():
-            given, default = getattr(self, section), type(getattr(self, section))()
-            for key in keys:
-                if _dotted(given, key) != _dotted(default, key):
-                    raise ConfigError(f"{section}.{key} is set by the study runner (from study_dir, seeds and the "
-                                      f"stage it feeds), so {_dotted(given, key)!r} would be ignored; remove it")
+        refuse_wired_keys(self, WIRED_KEYS, "the study runner (from study_dir, seeds and the stage it feeds)")
         if self.rac.trainer_args:
             try:
                 check_trainer_args(self.rac.trainer_args, "SFTConfig")
@@ -178,12 +173,6 @@ class ExperimentConfig:
         axes = [list(dict.fromkeys(self.grid.get(k, base[k]))) for k in VARIANT_KEYS]
         return [_variant(*values, rac=self.rac, sampling=self.negatives.sampling)
                 for values in itertools.product(*axes)]
-
-
-def _dotted(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def _variant(alpha: Any, gamma: Any, beta: Any, loss_type: Any, chosen_source: Any, rac: RACConfig,

@@ -22,6 +22,7 @@ import pytest
 
 from rac.testing.es_server import free_port, wait_http
 from tests.conftest import REPO
+from tests.e2e.procs import descendants
 
 BIN = Path(sys.executable).parent
 WORKER_NODES = 2
@@ -69,9 +70,42 @@ class RayCluster:
 
     def node_ids(self) -> dict[str, str]:
         """{node id: "head" | "worker"} of the alive nodes."""
+        return {n["node_id"]: "head" if n["is_head_node"] else "worker" for n in self._alive()}
+
+    def node_name(self, node_id: str) -> str:
+        """The name this fixture gave the node (each worker node carries a resource of its name)."""
+        for n in self._alive():
+            if n["node_id"] == node_id:
+                return "head" if n["is_head_node"] else next(r for r in n["resources_total"] if r.startswith("node_"))
+        raise KeyError(node_id)
+
+    def _alive(self) -> list[dict]:
         proc = self.ray("list", "nodes", f"--address={self.url}", "--format=json", "--filter", "state=ALIVE")
         assert proc.returncode == 0, proc.stderr
-        return {n["node_id"]: "head" if n["is_head_node"] else "worker" for n in json.loads(proc.stdout)}
+        return json.loads(proc.stdout)
+
+    def add_worker(self) -> Node:
+        """Start one more worker node (2 CPUs) and wait until it has joined."""
+        name = f"node_w{len(self.nodes)}"
+        before = list(self.node_ids().values()).count("worker")
+        node = _start(name, [f"--address={self.gcs}", "--num-cpus=2", f"--resources={{\"{name}\": 1}}"],
+                      self.env, self.nodes[0].temp_dir.parent / name)
+        self.nodes.append(node)
+        deadline = time.monotonic() + 90
+        while list(self.node_ids().values()).count("worker") <= before:
+            assert time.monotonic() < deadline, f"{name} did not join"
+            time.sleep(1)
+        return node
+
+    def lose_node(self, name: str) -> None:
+        """A node lost as a machine is: its raylet SIGKILLed, then the rest of its processes."""
+        node = next(n for n in self.nodes if n.name == name)
+        for pid, command in descendants(node.proc.pid):
+            if "raylet" in command:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+        stop_node(node, sig=signal.SIGKILL)
+        self.nodes.remove(node)
 
     def runtime_resources(self) -> list[Path]:
         """Every node's Ray package directories (``runtime_resources``): code copies, never outputs."""
@@ -93,10 +127,10 @@ def _start(name: str, args: list[str], env: dict[str, str], temp_dir: Path) -> N
     return Node(name, proc, temp_dir)
 
 
-def stop_node(node: Node) -> None:
+def stop_node(node: Node, sig: int = signal.SIGTERM) -> None:
     """Stop one node: its own process group (``ray start --block`` and what it started)."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(node.proc.pid, signal.SIGTERM)
+        os.killpg(node.proc.pid, sig)
     try:
         node.proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # `ray start --block` often outwaits SIGTERM; the group is all ours
@@ -121,13 +155,8 @@ def ray_cluster():
             "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}"], env, root / "head"))
         wait_http(url + "/api/version", timeout=90, proc=cluster.nodes[0].proc)
-        for i in range(WORKER_NODES):
-            cluster.nodes.append(_start(f"worker{i}", [f"--address={cluster.gcs}", "--num-cpus=2"], env,
-                                        root / f"worker{i}"))
-        deadline = time.monotonic() + 90
-        while list(cluster.node_ids().values()).count("worker") < WORKER_NODES:
-            assert time.monotonic() < deadline, "the worker nodes did not join"
-            time.sleep(1)
+        for _ in range(WORKER_NODES):
+            cluster.add_worker()
         yield cluster
     finally:
         for node in reversed(cluster.nodes):

@@ -14,6 +14,8 @@ from rac.pipeline import MANIFEST
 from rac.testing.tiny import save_tiny_model
 from tests.e2e.test_chaos import ALL_STAGES, compare_runs
 
+pytestmark = pytest.mark.slow  # three pipeline runs on three nodes: minutes, not seconds
+
 #: The training workers and actors of these stages record their node (rac.placement).
 PLACED = {"sft_grounded": "train_worker", "sft_ungrounded": "train_worker", "train_rac": "train_worker",
           "negatives": "negatives_actor", "evaluate": "generate_actor"}
@@ -103,3 +105,47 @@ def test_a_stopped_job_resubmitted_resumes_and_ends_as_an_uninterrupted_one(ray_
     lost, mismatches = compare_runs(reference, run, ALL_STAGES)
     print(f"stop and resubmit: rows lost {lost}, mismatches {mismatches}")
     assert lost == 0 and not mismatches, mismatches
+
+
+def _wait_for(condition, what: str, cluster, submission_id: str, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        status = cluster.job_status(submission_id)
+        assert status in ("RUNNING", "PENDING"), \
+            f"{what}: job {status}\n" + cluster.ray("job", "logs", f"--address={cluster.url}",
+                                                   submission_id).stdout[-3000:]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _node_of(placement_dir: Path) -> str | None:
+    records = sorted(placement_dir.glob("*.json")) if placement_dir.is_dir() else []
+    return json.loads(records[-1].read_text())["node_id"] if records else None
+
+
+def test_a_worker_node_lost_mid_stage_the_stage_completes_on_the_others(ray_cluster, reference_run, tmp_path):
+    storage = storage_with_base_model(tmp_path / "node-loss")
+    run = storage / "outputs" / "demo"
+    job = "rac-node-loss-1"
+    assert ray_cluster.submit(*pipeline_args(storage), wait=False, submission_id=job).returncode == 0
+    lost = []
+    # During training: a node holding a training worker, once the stage has a checkpoint.
+    checkpoints = run / "sft_ungrounded" / "ray" / "sft_ungrounded"
+    _wait_for(lambda: list(checkpoints.glob("checkpoint_*/checkpoint/trainer_state.json")), "a checkpoint",
+              ray_cluster, job)
+    lost.append(ray_cluster.node_name(_node_of(run / "sft_ungrounded" / "placement")))
+    ray_cluster.lose_node(lost[-1])
+    ray_cluster.add_worker()  # as an autoscaler or a node group would replace it
+    # During negatives: the node of the decoding actor, once it has started.
+    _wait_for(lambda: _node_of(run / "negatives" / "placement"), "the negatives actor", ray_cluster, job)
+    lost.append(ray_cluster.node_name(_node_of(run / "negatives" / "placement")))
+    ray_cluster.lose_node(lost[-1])
+    ray_cluster.add_worker()
+    while ray_cluster.job_status(job) in ("RUNNING", "PENDING"):
+        time.sleep(1)
+    logs = ray_cluster.ray("job", "logs", f"--address={ray_cluster.url}", job).stdout
+    assert ray_cluster.job_status(job) == "SUCCEEDED", logs[-4000:]
+    assert "resumes from" in logs  # the training workers restarted from the stage's checkpoint
+    rows_lost, mismatches = compare_runs(reference_run[0] / "outputs" / "demo", run, ALL_STAGES)
+    print(f"node loss ({lost}): rows lost {rows_lost}, mismatches {mismatches}")
+    assert rows_lost == 0 and not mismatches, mismatches
