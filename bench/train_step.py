@@ -15,8 +15,9 @@ subprocess. Prints one JSON object: per variant and objective, the median step t
 Figures that carry over between machines (:mod:`rac.machine`): ``machine`` (CPU model, cores,
 bf16/AMX flags, oneDNN's bf16 support), ``peak`` (this process's matmul FLOP/s on the model's
 shapes, per dtype the variants use, on all of torch's threads) and, per run, ``tflops_per_s``
-(6·N·tokens per step over the step time; tokens per step: the training set's mean tokens per
-row or pair, a pair's prompt counted once where it is shared, times the global batch) and
+(6·N·tokens per step over the step time, the LM head counted on labelled tokens only, as the
+training forward runs it; tokens per step: the training set's mean tokens per row or pair, a
+pair's prompt counted once where it is shared, times the global batch) and
 ``share_of_peak`` (of the peak of the run's dtype). A variant in bf16 on a CPU without native
 bf16 matmuls is not run: ``skipped`` gives the reason with the measured bf16/fp32 speed ratio.
 
@@ -150,9 +151,9 @@ def skipped_variants(names: list[str]) -> dict[str, str]:
             if reasons[VARIANTS[name]["model"]["dtype"]]}
 
 
-def mean_step_tokens(kind: str, config: dict, share_prompt: bool) -> float:
-    """Mean tokens a training step runs through the model per row (SFT) or pair (joint
-    objective), over the training set ``config`` tokenizes (:func:`rac.training.data.example_tokens`)."""
+def mean_step_tokens(kind: str, config: dict, share_prompt: bool) -> tuple[float, float]:
+    """Mean ``(tokens, labelled tokens)`` a training step runs through the model per row (SFT) or
+    pair (joint objective), over the training set ``config`` tokenizes (:func:`rac.training.data.example_tokens`)."""
     from rac.config import from_dict
     from rac.training import RACConfig, SFTConfig
     from rac.training.data import example_tokens, load_dataset_dir
@@ -160,8 +161,8 @@ def mean_step_tokens(kind: str, config: dict, share_prompt: bool) -> float:
 
     cfg = from_dict(RACConfig if kind == "rac" else SFTConfig, config)
     build_datasets(cfg, training_rows(cfg))
-    examples = load_dataset_dir(Path(cfg.output_dir) / DATA_DIR / "train")
-    return statistics.mean(example_tokens(e, share_prompt) for e in examples)
+    counts = [example_tokens(e, share_prompt) for e in load_dataset_dir(Path(cfg.output_dir) / DATA_DIR / "train")]
+    return statistics.mean(c[0] for c in counts), statistics.mean(c[1] for c in counts)
 
 
 def kind_config(kind: str, model: Path, steps: int, name: str, variant: dict, inputs: dict[str, Path],
@@ -194,7 +195,7 @@ def main() -> None:
         sys.exit(f"no model in {args.model}: run `python -m jobs.prepare_model` first")
     from transformers import AutoConfig
 
-    from rac.machine import describe_machine, matmul_params, matmul_peak, matmul_shapes, training_flops
+    from rac.machine import describe_machine, matmul_params, matmul_peak, matmul_shapes, training_step_flops
 
     skipped = skipped_variants(args.variants)
     variants = [name for name in args.variants if name not in skipped]
@@ -213,8 +214,8 @@ def main() -> None:
         tokens = {(kind, shared): mean_step_tokens(kind, kind_config(kind, args.model, args.steps, "tokens",
                                                                        VARIANTS["trl_fp32"], inputs, tmp), shared)
                   for kind in args.kinds for shared in ((True, False) if kind == "rac" else (True,))}
-        result["mean_tokens_per_row"] = {f"{kind}{'' if shared else '_prompt_twice'}": round(t, 1)
-                                         for (kind, shared), t in tokens.items()}
+        result["mean_tokens_per_row"] = {f"{kind}{'' if shared else '_prompt_twice'}": {
+            "tokens": round(t[0], 1), "labelled": round(t[1], 1)} for (kind, shared), t in tokens.items()}
         trees = {name: REPO for name in variants}
         if args.baseline_rev:
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "baseline"),
@@ -227,7 +228,9 @@ def main() -> None:
                     config = kind_config(kind, args.model, args.steps, name, variant, inputs, tmp)
                     metrics = run_variant(tree, kind, config)
                     shared = kind == "sft" or config.get("share_prompt", name != "baseline_loop_fp32")
-                    step_flops = training_flops(n_params, tokens[(kind, shared)] * 2 * BATCH[kind])
+                    row_tokens, row_labelled = tokens[(kind, shared)]
+                    step_flops = training_step_flops(model_config, row_tokens * 2 * BATCH[kind],
+                                                     row_labelled * 2 * BATCH[kind])
                     result["runs"].setdefault(name, {})[kind] = summarise(
                         metrics, 2 * BATCH[kind], step_flops, peaks[variant["model"]["dtype"]])
                     print(name, kind, json.dumps(result["runs"][name][kind]), file=sys.stderr, flush=True)

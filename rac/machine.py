@@ -10,8 +10,9 @@ FLOP accounting (Kaplan et al., 2020, "Scaling Laws for Neural Language Models",
 a forward costs 2·N FLOPs per token (:func:`forward_flops`), a training step 6·N per token
 (:func:`training_flops`: the backward pass costs twice the forward). N counts the weights
 that multiply activations (:func:`matmul_params`: the LM head included, the input embedding
-lookup, norms and biases not); attention's sequence-squared terms are left out, as are the
-frozen weights' skipped gradients under LoRA.
+lookup, norms and biases not); the training forward runs the LM head on labelled tokens only,
+so a step counts the head for those alone (:func:`training_step_flops`). Attention's
+sequence-squared terms are left out, as are the frozen weights' skipped gradients under LoRA.
 """
 
 from __future__ import annotations
@@ -111,19 +112,36 @@ def training_flops(n_params: int, tokens: float) -> float:
     return 6.0 * n_params * tokens
 
 
+def lm_head_params(config: Any) -> int:
+    """The LM head's share of :func:`matmul_params` (hidden x vocabulary)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return config.hidden_size * config.vocab_size
+
+
+def training_step_flops(config: Any, tokens: float, labelled_tokens: float | None = None) -> float:
+    """6·N·tokens of a step of the model of ``config``; where the LM head runs on the
+    ``labelled_tokens`` only (:mod:`rac.training.forward`), its weights count for those."""
+    head = lm_head_params(config)
+    labelled = tokens if labelled_tokens is None else labelled_tokens
+    return training_flops(matmul_params(config) - head, tokens) + training_flops(head, labelled)
+
+
 def matmul_flops_per_s(m: int, k: int, n: int, dtype: str = "float32", min_time_s: float = 0.2) -> float:
-    """FLOP/s of ``(m x k) @ (k x n)`` in ``dtype`` on torch's threads: one warm-up call,
-    then calls until ``min_time_s`` has passed (at least one)."""
+    """FLOP/s of ``(m x k) @ (k x n)`` in ``dtype`` on torch's threads: one warm-up call, then
+    calls until ``min_time_s`` has passed (at least two); the fastest call counts, the one
+    least disturbed by other work on a shared machine."""
     import torch
 
     torch_dtype = getattr(torch, dtype)
     a, b = torch.randn(m, k).to(torch_dtype), torch.randn(k, n).to(torch_dtype)
     torch.matmul(a, b)
-    calls, start = 0, time.perf_counter()
-    while calls == 0 or time.perf_counter() - start < min_time_s:
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 2 or time.perf_counter() - start < min_time_s:
+        t = time.perf_counter()
         torch.matmul(a, b)
-        calls += 1
-    return 2.0 * m * k * n * calls / (time.perf_counter() - start)
+        times.append(time.perf_counter() - t)
+    return 2.0 * m * k * n / min(times)
 
 
 def matmul_peak(shapes: list[dict[str, int]], dtype: str = "float32", min_time_s: float = 0.2) -> dict[str, Any]:
@@ -144,11 +162,19 @@ def matmul_peak(shapes: list[dict[str, int]], dtype: str = "float32", min_time_s
             "shapes": [{**s, "gflops_per_s": round(r / 1e9, 2)} for s, r in zip(shapes, rates, strict=True)]}
 
 
-def bf16_speed_ratio(size: int = 256, min_time_s: float = 0.05) -> float:
-    """bf16 matmul speed over fp32 on a ``size``-cube matmul: a probe small enough for a CPU
-    that emulates bf16 (about 0.1 s there)."""
-    fp32 = matmul_flops_per_s(size, size, size, "float32", min_time_s)
-    return matmul_flops_per_s(size, size, size, "bfloat16", min_time_s) / fp32
+def bf16_speed_ratio(size: int = 256, min_time_s: float = 0.1) -> float:
+    """bf16 matmul speed over fp32 on one thread and a ``size``-cube matmul: a probe small
+    enough for a CPU that emulates bf16 (about 0.2 s there). One thread, because a second
+    one is the first to be taken by other work on a small machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fp32 = matmul_flops_per_s(size, size, size, "float32", min_time_s)
+        return matmul_flops_per_s(size, size, size, "bfloat16", min_time_s) / fp32
+    finally:
+        torch.set_num_threads(threads)
 
 
 def share_of_peak(flops_per_s: float, peak: dict[str, Any]) -> float:

@@ -48,8 +48,17 @@ def test_preflight_warns_with_the_ratio_and_proceeds(sft_inputs, tmp_path, monke
 def test_step_tokens_count_a_shared_prompt_once():
     sft = {"input_ids": [1, 2, 3, 4, 5], "completion_mask": [0, 0, 0, 1, 1]}
     pair = {"prompt_ids": [1] * 10, "chosen_ids": [2] * 3, "rejected_ids": [3] * 4}
-    assert example_tokens(sft) == 5
-    assert example_tokens(pair, share_prompt=True) == 10 + 3 + 4
-    assert example_tokens(pair, share_prompt=False) == 2 * 10 + 3 + 4
-    # 6·N·tokens for a step of that pair with the prompt shared, on a 1,000-weight model.
-    assert machine.training_flops(1000, example_tokens(pair)) == 6 * 1000 * 17
+    assert example_tokens(sft) == (5, 2)
+    assert example_tokens(pair, share_prompt=True) == (10 + 3 + 4, 7)
+    assert example_tokens(pair, share_prompt=False) == (2 * 10 + 3 + 4, 7)
+
+
+def test_a_step_costs_6_n_tokens_with_the_head_on_labelled_tokens_only():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2)
+    n, head = machine.matmul_params(config), 16 * 100
+    tokens, labelled = example_tokens({"prompt_ids": [1] * 10, "chosen_ids": [2] * 3, "rejected_ids": [3] * 4})
+    assert machine.training_step_flops(config, tokens) == 6 * n * 17
+    assert machine.training_step_flops(config, tokens, labelled) == 6 * (n - head) * 17 + 6 * head * 7
