@@ -14,7 +14,8 @@ subprocess. Prints one JSON object: per variant and objective, the median step t
 
 Figures that carry over between machines (:mod:`rac.machine`): ``machine`` (CPU model, cores,
 bf16/AMX flags, oneDNN's bf16 support), ``peak`` (this process's matmul FLOP/s on the model's
-shapes, per dtype the variants use, on all of torch's threads) and, per run, ``tflops_per_s``
+shapes, per dtype the variants use, on all of torch's threads, before and after the runs: each
+shape's faster rate) and, per run, ``gflops_per_s``
 (6·N·tokens per step over the step time, the LM head counted on labelled tokens only, as the
 training forward runs it; tokens per step: the training set's mean tokens per row or pair, a
 pair's prompt counted once where it is shared, times the global batch) and
@@ -122,15 +123,12 @@ def run_variant(tree: Path, kind: str, config: dict) -> list[dict]:
     return merge_metric_lines(json.loads(lines[-1][len("METRICS "):]))
 
 
-def summarise(metrics: list[dict], rows_per_step: int, step_flops: float, peak: dict) -> dict:
-    from rac.machine import share_of_peak
-
+def summarise(metrics: list[dict], rows_per_step: int, step_flops: float) -> dict:
     times = [m["step_time_s"] for m in metrics if "step_time_s" in m][1:]
     step = statistics.median(times)
     last = metrics[-1]
     out = {"steps": len(metrics), "step_s": round(step, 3), "rows_per_s": round(rows_per_step / step, 3),
-           "tflops_per_s": round(step_flops / step / 1e12, 4),
-           "share_of_peak": round(share_of_peak(step_flops / step, peak), 4),
+           "gflops_per_s": round(step_flops / step / 1e9, 2),
            "final_loss": round(last["loss"], 4), "final_eval_loss": round(last.get("eval_loss", float("nan")), 4)}
     for key in ("sft_loss", "eval_sft_loss"):
         if key in last:
@@ -195,7 +193,14 @@ def main() -> None:
         sys.exit(f"no model in {args.model}: run `python -m jobs.prepare_model` first")
     from transformers import AutoConfig
 
-    from rac.machine import describe_machine, matmul_params, matmul_peak, matmul_shapes, training_step_flops
+    from rac.machine import (
+        describe_machine,
+        matmul_params,
+        matmul_peak,
+        matmul_shapes,
+        share_of_peak,
+        training_step_flops,
+    )
 
     skipped = skipped_variants(args.variants)
     variants = [name for name in args.variants if name not in skipped]
@@ -231,13 +236,19 @@ def main() -> None:
                     row_tokens, row_labelled = tokens[(kind, shared)]
                     step_flops = training_step_flops(model_config, row_tokens * 2 * BATCH[kind],
                                                      row_labelled * 2 * BATCH[kind])
-                    result["runs"].setdefault(name, {})[kind] = summarise(
-                        metrics, 2 * BATCH[kind], step_flops, peaks[variant["model"]["dtype"]])
+                    result["runs"].setdefault(name, {})[kind] = summarise(metrics, 2 * BATCH[kind], step_flops)
                     print(name, kind, json.dumps(result["runs"][name][kind]), file=sys.stderr, flush=True)
         finally:
             if args.baseline_rev:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "baseline")],
                                capture_output=True)
+    # Measured again after the runs: each shape keeps its faster rate (rac.machine.matmul_peak).
+    peaks.update({dtype: matmul_peak(matmul_shapes(model_config), dtype, earlier=before)
+                  for dtype, before in peaks.items()})
+    for name, runs in result["runs"].items():
+        for run in runs.values():
+            peak = peaks[VARIANTS.get(name, BASELINE)["model"]["dtype"]]
+            run["share_of_peak"] = round(share_of_peak(run["gflops_per_s"] * 1e9, peak), 4)
     base = result["runs"].get("baseline_loop_fp32")
     if base:
         result["speedup_vs_baseline"] = {

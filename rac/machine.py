@@ -26,8 +26,9 @@ from typing import Any
 #: CPU flags that decide matmul speed per dtype (``/proc/cpuinfo`` names).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
-#: Tokens per matmul when a peak is measured for training or prefill (one 256-token row).
-PEAK_TOKENS = 256
+#: Tokens per matmul when a peak is measured: a training micro-batch or a batched prefill
+#: (4 rows of 256 tokens). Fewer rows make smaller, slower matmuls: a lower peak.
+PEAK_TOKENS = 1024
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -144,22 +145,30 @@ def matmul_flops_per_s(m: int, k: int, n: int, dtype: str = "float32", min_time_
     return 2.0 * m * k * n / min(times)
 
 
-def matmul_peak(shapes: list[dict[str, int]], dtype: str = "float32", min_time_s: float = 0.2) -> dict[str, Any]:
+def matmul_peak(shapes: list[dict[str, int]], dtype: str = "float32", min_time_s: float = 0.2,
+                earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """The matmul peak of a model on this machine, in ``dtype``: each of ``shapes``
     (:func:`matmul_shapes`) timed alone, and ``flops_per_s``, their rate weighted by the FLOPs
     each does in one forward (the model's matmuls back to back, nothing else).
 
+    ``earlier``: a peak of the same shapes measured before (say, before the benchmark, this one
+    after it); each shape keeps its faster rate, so that other work on a shared machine at
+    either moment lowers the peak less.
+
     Never call it for bf16 where :func:`bf16_supported` is False: an LM head's matmul takes
     tens of seconds there (:func:`bf16_speed_ratio` is the cheap probe).
     """
-    rates = [matmul_flops_per_s(s["m"], s["k"], s["n"], dtype, min_time_s) for s in shapes]
-    work = [2.0 * s["m"] * s["k"] * s["n"] * s["count"] for s in shapes]
-    mixed = sum(work) / sum(w / r for w, r in zip(work, rates, strict=True))
     import torch
 
+    rates = [matmul_flops_per_s(s["m"], s["k"], s["n"], dtype, min_time_s) for s in shapes]
+    if earlier is not None:
+        rates = [max(r, e["flops_per_s"]) for r, e in zip(rates, earlier["shapes"], strict=True)]
+    work = [2.0 * s["m"] * s["k"] * s["n"] * s["count"] for s in shapes]
+    mixed = sum(work) / sum(w / r for w, r in zip(work, rates, strict=True))
     return {"dtype": dtype, "flops_per_s": mixed, "gflops_per_s": round(mixed / 1e9, 2),
-            "threads": torch.get_num_threads(),
-            "shapes": [{**s, "gflops_per_s": round(r / 1e9, 2)} for s, r in zip(shapes, rates, strict=True)]}
+            "threads": torch.get_num_threads(), "measurements": 1 + (earlier or {}).get("measurements", 0),
+            "shapes": [{**s, "flops_per_s": r, "gflops_per_s": round(r / 1e9, 2)}
+                       for s, r in zip(shapes, rates, strict=True)]}
 
 
 def bf16_speed_ratio(size: int = 256, min_time_s: float = 0.1) -> float:
