@@ -14,8 +14,8 @@ subprocess. Prints one JSON object: per variant and objective, the median step t
 
 Figures that carry over between machines (:mod:`rac.machine`): ``machine`` (CPU model, cores,
 bf16/AMX flags, oneDNN's bf16 support), ``peak`` (this process's matmul FLOP/s on the model's
-shapes, per dtype the variants use, on all of torch's threads, before and after the runs: each
-shape's faster rate) and, per run, ``gflops_per_s``
+shapes at 1,024 tokens, the LM head on the labelled share of them, per dtype the variants use,
+on all of torch's threads, before and after the runs: each shape's faster rate) and, per run, ``gflops_per_s``
 (6·N·tokens per step over the step time, the LM head counted on labelled tokens only, as the
 training forward runs it; tokens per step: the training set's mean tokens per row or pair, a
 pair's prompt counted once where it is shared, times the global batch) and
@@ -194,6 +194,7 @@ def main() -> None:
     from transformers import AutoConfig
 
     from rac.machine import (
+        PEAK_TOKENS,
         describe_machine,
         matmul_params,
         matmul_peak,
@@ -208,9 +209,8 @@ def main() -> None:
     n_params = matmul_params(model_config)
     dtypes = sorted({VARIANTS[name]["model"]["dtype"] for name in variants}
                     | ({BASELINE["model"]["dtype"]} if args.baseline_rev else set()))
-    peaks = {dtype: matmul_peak(matmul_shapes(model_config), dtype) for dtype in dtypes}
     result: dict = {"model": str(args.model), "matmul_params": n_params, "steps": args.steps,
-                    "machine": describe_machine(), "peak": peaks, "skipped": skipped, "runs": {}}
+                    "machine": describe_machine(), "skipped": skipped, "runs": {}}
     print("machine", json.dumps(result["machine"]), "skipped", json.dumps(skipped), file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -221,6 +221,10 @@ def main() -> None:
                   for kind in args.kinds for shared in ((True, False) if kind == "rac" else (True,))}
         result["mean_tokens_per_row"] = {f"{kind}{'' if shared else '_prompt_twice'}": {
             "tokens": round(t[0], 1), "labelled": round(t[1], 1)} for (kind, shared), t in tokens.items()}
+        # The LM head runs on labelled tokens only: the peak's head matmul has as few rows.
+        labelled = sum(t[1] for t in tokens.values()) / sum(t[0] for t in tokens.values())
+        shapes = matmul_shapes(model_config, PEAK_TOKENS, head_tokens=round(PEAK_TOKENS * labelled))
+        peaks = result["peak"] = {dtype: matmul_peak(shapes, dtype) for dtype in dtypes}
         trees = {name: REPO for name in variants}
         if args.baseline_rev:
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "baseline"),
@@ -243,8 +247,7 @@ def main() -> None:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "baseline")],
                                capture_output=True)
     # Measured again after the runs: each shape keeps its faster rate (rac.machine.matmul_peak).
-    peaks.update({dtype: matmul_peak(matmul_shapes(model_config), dtype, earlier=before)
-                  for dtype, before in peaks.items()})
+    peaks.update({dtype: matmul_peak(shapes, dtype, earlier=before) for dtype, before in peaks.items()})
     for name, runs in result["runs"].items():
         for run in runs.values():
             peak = peaks[VARIANTS.get(name, BASELINE)["model"]["dtype"]]

@@ -74,12 +74,14 @@ def describe_machine() -> dict[str, Any]:
             "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
-def matmul_shapes(config: Any, tokens: int = PEAK_TOKENS) -> list[dict[str, int]]:
+def matmul_shapes(config: Any, tokens: int = PEAK_TOKENS, head_tokens: int | None = None) -> list[dict[str, int]]:
     """The matmuls of one forward of a decoder-only transformer over ``tokens`` tokens:
     ``{m, k, n, count}`` each, an ``(m x k) @ (k x n)`` product done ``count`` times.
 
-    ``config`` is a Hugging Face model config of the Llama family (attention q/k/v/o, a
-    gated MLP, an LM head); sizes missing from it take that family's defaults.
+    ``head_tokens``: the tokens the LM head runs on, where fewer (the training forward runs it
+    on labelled tokens only); default ``tokens``. ``config`` is a Hugging Face model config of
+    the Llama family (attention q/k/v/o, a gated MLP, an LM head); sizes missing from it take
+    that family's defaults.
     """
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = config.hidden_size
@@ -88,13 +90,15 @@ def matmul_shapes(config: Any, tokens: int = PEAK_TOKENS) -> list[dict[str, int]
     kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     inter = getattr(config, "intermediate_size", None) or 4 * hidden
     layers = config.num_hidden_layers
-    # q, k, v, o; gate, up, down; then the LM head once. Equal (k, n) pairs add up.
-    products = [((hidden, heads * head_dim), layers), ((hidden, kv), 2 * layers), ((heads * head_dim, hidden), layers),
-                ((hidden, inter), 2 * layers), ((inter, hidden), layers), ((hidden, config.vocab_size), 1)]
-    counts: dict[tuple[int, int], int] = {}
-    for kn, c in products:
-        counts[kn] = counts.get(kn, 0) + c
-    return [{"m": tokens, "k": k, "n": n, "count": c} for (k, n), c in counts.items()]
+    head_m = tokens if head_tokens is None else head_tokens
+    # q, k, v, o; gate, up, down; then the LM head once. Equal shapes add up.
+    products = [((tokens, hidden, heads * head_dim), layers), ((tokens, hidden, kv), 2 * layers),
+                ((tokens, heads * head_dim, hidden), layers), ((tokens, hidden, inter), 2 * layers),
+                ((tokens, inter, hidden), layers), ((head_m, hidden, config.vocab_size), 1)]
+    counts: dict[tuple[int, int, int], int] = {}
+    for mkn, c in products:
+        counts[mkn] = counts.get(mkn, 0) + c
+    return [{"m": m, "k": k, "n": n, "count": c} for (m, k, n), c in counts.items()]
 
 
 def matmul_params(config: Any) -> int:

@@ -44,3 +44,18 @@ def test_matmul_peak_times_each_shape_of_the_model():
     rates = [s["gflops_per_s"] for s in peak["shapes"]]
     assert min(rates) - 0.01 <= peak["gflops_per_s"] <= max(rates) + 0.01
     assert machine.share_of_peak(peak["flops_per_s"] / 4, peak) == 0.25
+
+
+def test_the_lm_head_can_run_on_fewer_tokens():
+    shapes = machine.matmul_shapes(tiny_config(), tokens=16, head_tokens=4)
+    assert {(s["m"], s["k"], s["n"]) for s in shapes if s["n"] == 96} == {(4, 32, 96)}
+    assert all(s["m"] == 16 for s in shapes if s["n"] != 96)
+
+
+def test_a_second_measurement_keeps_each_shapes_faster_rate():
+    shapes = machine.matmul_shapes(tiny_config(), tokens=8)
+    first = machine.matmul_peak(shapes, min_time_s=0.01)
+    fast = {**first, "shapes": [{**s, "flops_per_s": 1e15} for s in first["shapes"]]}
+    both = machine.matmul_peak(shapes, min_time_s=0.01, earlier=fast)
+    assert both["measurements"] == 2 and all(s["flops_per_s"] == 1e15 for s in both["shapes"])
+    assert abs(both["flops_per_s"] - 1e15) < 1e6
