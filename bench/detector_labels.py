@@ -76,6 +76,7 @@ def main() -> None:
     from rac.evaluation.grounding import metric_words
     from rac.evaluation.scorers import passage_texts
     from rac.evaluation.significance import ranking_auc
+    from rac.machine import describe_machine
     from rac.models import build_prompt
     from rac.models.factory import load_causal_lm
 
@@ -135,7 +136,7 @@ def main() -> None:
                 **({"all": rho(rows, key)} if len(alphas) > 1 else {})}
 
     alphas = sorted({x["alpha"] for x in rows})
-    out = {"negatives_dirs": args.negatives_dirs, "rows": len(rows),
+    out = {"negatives_dirs": args.negatives_dirs, "rows": len(rows), "machine": describe_machine(),
            "content_words": {name: {"words": found[label][1],
                                     "share_in_query_or_passages": round(found[label][0] / max(1, found[label][1]), 3)}
                              for name, label in (("grounded_chosen", 0), ("ungrounded_chosen", 1))},

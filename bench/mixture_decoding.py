@@ -21,6 +21,11 @@ do the same work. Times are the best of interleaved runs (wall clock); ``cpu_tim
 compare process CPU time instead, which other work on a shared machine disturbs less
 (use ``--threads 1`` for that).
 
+Each method's ``gflops_per_s`` counts its useful work, 2·N FLOPs per prompt and generated
+token of each model it runs (:mod:`rac.machine`), and ``share_of_peak`` divides it by ``peak``,
+this process's fp32 matmul rate on the model's shapes at 1,024 tokens: a one-row decoding step
+multiplies one token, far from that rate, which is why the share is low at batch 1.
+
 Peak memory (``peak_extra_rss_mib``): the process's peak resident set during a run (VmHWM,
 reset before each run, after returning freed memory to the system) minus the resident set
 before it, in MiB: what the run allocates on top of the loaded models.
@@ -33,7 +38,6 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,6 +52,14 @@ import torch  # noqa: E402
 from rac.data import load_data  # noqa: E402
 from rac.decoding import MixtureDecoder, SamplingParams  # noqa: E402
 from rac.decoding.mixture import sample_from_logits  # noqa: E402
+from rac.machine import (  # noqa: E402
+    describe_machine,
+    forward_flops,
+    matmul_params,
+    matmul_peak,
+    matmul_shapes,
+    share_of_peak,
+)
 from rac.models import build_prompt, load_tokenizer  # noqa: E402
 from rac.testing.tiny import demo_texts, tiny_causal_lm, train_tiny_tokenizer  # noqa: E402
 
@@ -186,6 +198,9 @@ def main() -> None:
     params = SamplingParams(alpha=ALPHA, temperature=TEMPERATURE, top_k=TOP_K, max_new_tokens=args.new_tokens,
                             stop_at_question=False, ignore_eos=True)
     decoder = MixtureDecoder(grounded_model, ungrounded_model, tok, params)
+    machine = describe_machine()
+    peak = matmul_peak(matmul_shapes(grounded_model.config))
+    n_params = matmul_params(grounded_model.config)
     results: dict[str, Any] = {}
     for bs in args.batch_sizes:
         grounded, ungrounded = make_prompts(tok, bs, args.max_prompt_tokens)
@@ -201,6 +216,15 @@ def main() -> None:
         repeats = {"mixture": args.repeats, "hf_generate": args.repeats, "recompute": 1 if bs > 4 else 2}
         # The models are warm after the first two; the naive loop needs no warm-up of its own.
         runs = measure(methods, bs, args.new_tokens, repeats, warm_up=("mixture", "hf_generate"))
+        # Useful work per row, 2·N per token (prompt and new tokens): the mixture runs both
+        # models, generate the grounded one; recomputing does the mixture's work and more.
+        tokens = {"grounded": statistics.mean(lengths[0]) + args.new_tokens,
+                  "ungrounded": statistics.mean(lengths[1]) + args.new_tokens}
+        both = forward_flops(n_params, tokens["grounded"]) + forward_flops(n_params, tokens["ungrounded"])
+        row_flops = {"mixture": both, "hf_generate": forward_flops(n_params, tokens["grounded"]), "recompute": both}
+        for name, run in runs.items():
+            flops_per_s = bs * row_flops[name] / run["best_seconds"]
+            run["flops_per_s"] = flops_per_s
         mix = runs["mixture"]["tokens_per_s"]
         results[f"batch_{bs}"] = {
             **runs,
@@ -212,13 +236,18 @@ def main() -> None:
             "prompt_tokens": {"grounded_mean": round(statistics.mean(lengths[0]), 1),
                               "ungrounded_mean": round(statistics.mean(lengths[1]), 1)},
         }
+    # Measured again after the runs: each shape keeps its faster rate (:func:`matmul_peak`).
+    peak = matmul_peak(matmul_shapes(grounded_model.config), earlier=peak)
+    for run in (r for batch in results.values() for r in batch.values() if isinstance(r, dict) and "flops_per_s" in r):
+        flops_per_s = run.pop("flops_per_s")
+        run.update(gflops_per_s=round(flops_per_s / 1e9, 2), share_of_peak=round(share_of_peak(flops_per_s, peak), 4))
     print(json.dumps({
         "model": model_name, "new_tokens_per_row": args.new_tokens,
         "sampling": {"alpha": ALPHA, "temperature": TEMPERATURE, "top_k": TOP_K},
         "results": results,
         "targets": {"vs_generate": ">= 0.45", "vs_recompute": ">= 5"},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__,
+        "matmul_params": n_params, "peak": peak,
+        "machine": {**machine,
                     "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
                     "peak_memory_measured": reset_peak()},
     }, indent=2))

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rac.config import ActorPoolConfig  # noqa: E402
 from rac.data import build_corpus, load_data  # noqa: E402
+from rac.machine import describe_machine  # noqa: E402
 from rac.retrieval import (  # noqa: E402
     ElasticsearchConfig,
     ElasticsearchRetriever,
@@ -77,8 +77,7 @@ def main() -> None:
     corpus, queries, dataset = load_inputs(args.qulac, args.queries)
     pool = ActorPoolConfig(min_size=args.actors, max_size=args.actors, num_cpus=0.5, batch_size=args.batch_size)
     result: dict = {"dataset": dataset, "passages": len(corpus), "queries": len(queries), "top_k": args.top_k,
-                    "actors": args.actors, "batch_size": args.batch_size, "cpus": os.cpu_count(),
-                    "machine": platform.machine()}
+                    "actors": args.actors, "batch_size": args.batch_size, "machine": describe_machine()}
     server = nullcontext(os.environ["RAC_BENCH_ES_URL"]) if os.environ.get("RAC_BENCH_ES_URL") else local_es_server()
     with server as url, tempfile.TemporaryDirectory() as tmp:
         es_cfg = ElasticsearchConfig(url=url, index_name="rac-bench", msearch_batch_size=args.batch_size)

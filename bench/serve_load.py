@@ -34,7 +34,9 @@ detector reads as well as the prompt's.
 Every request sent before the deadline is waited for and counted; requests/s is divided by
 the time to the last answer. Both choices are conservative for batching: the drain runs
 with ever smaller batches, and the first wave's short waits lower the unbatched latencies.
-Figures from a shared machine are noisy: the load average is recorded beside each point.
+Figures from a shared machine are noisy: the load average is recorded beside each point, and
+the machine (:func:`rac.machine.describe_machine`) beside the figures. A bf16 detector on a CPU
+without native bf16 matmuls is not deployed: ``skipped`` says why.
 Progress and Ray's messages go to stderr; stdout holds only the JSON.
 """
 
@@ -44,7 +46,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -162,10 +163,18 @@ def main() -> None:
     from ray import serve
 
     from rac.data import build_corpus, load_data
+    from rac.machine import describe_machine
+    from rac.models.factory import slow_bf16_reason
     from rac.retrieval import EmbeddedBM25Retriever
     from rac.testing.es_server import free_port
     from serve.app import build_app
 
+    machine = describe_machine()
+    skipped = {}
+    if args.detector and (reason := slow_bf16_reason(args.detector_precision, use_gpu=False)):
+        skipped["detector"] = f"--detector-precision {reason}"
+        args.detector = None
+        print(f"skipping the detector: {skipped['detector']}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="rac-serve-bench-"))
     if args.model:
         model, model_name = str(Path(args.model).resolve()), Path(args.model).name
@@ -228,8 +237,8 @@ def main() -> None:
     print(json.dumps({
         "model": model_name, "max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "duration_s": args.duration,
         "batch_wait_timeout_s": args.batch_wait_timeout_s, "torch_threads": args.torch_threads,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "skipped": skipped,
         "results": results,
         f"batching_{best_bs}_vs_{base_bs}": comparison,
         **({"detector": args.detector, "detector_precision": args.detector_precision,

@@ -12,6 +12,16 @@ subprocess. Prints one JSON object: per variant and objective, the median step t
 (the first step excluded), rows/s, and the training and held-out losses after the last step;
 ``speedup_vs_baseline`` divides each variant's rows/s by the baseline's.
 
+Figures that carry over between machines (:mod:`rac.machine`): ``machine`` (CPU model, cores,
+bf16/AMX flags, oneDNN's bf16 support), ``peak`` (this process's matmul FLOP/s on the model's
+shapes at 1,024 tokens, the LM head on the labelled share of them, per dtype the variants use,
+on all of torch's threads, before and after the runs: each shape's faster rate) and, per run, ``gflops_per_s``
+(6·N·tokens per step over the step time, the LM head counted on labelled tokens only, as the
+training forward runs it; tokens per step: the training set's mean tokens per row or pair, a
+pair's prompt counted once where it is shared, times the global batch) and
+``share_of_peak`` (of the peak of the run's dtype). A variant in bf16 on a CPU without native
+bf16 matmuls is not run: ``skipped`` gives the reason with the measured bf16/fp32 speed ratio.
+
 Default model: the packaged SmolLM2-135M (``python -m jobs.prepare_model`` writes it).
 """
 
@@ -40,6 +50,14 @@ VARIANTS = {
     "trl_bf16_1x2_prompt_twice": {"model": {"dtype": "bfloat16"}, "scaling": {"num_workers": 1, "cpus_per_worker": 2},
                                   "rac": {"share_prompt": False}, "kinds": ["rac"]},
 }
+
+
+#: The hand-written loop of ``--baseline-rev``: fp32, ZeRO-2 (it runs each pair's prompt twice;
+#: its config has no ``share_prompt`` key).
+BASELINE = {"model": {"dtype": "float32"}, "deepspeed": {"zero_stage": 2}}
+#: Rows (SFT) or pairs (joint objective) per worker at 2 workers, and learning rates.
+BATCH = {"sft": 4, "rac": 2}
+LR = {"sft": 1e-4, "rac": 2e-5}
 
 
 def write_rows(root: Path) -> tuple[Path, Path]:
@@ -105,16 +123,61 @@ def run_variant(tree: Path, kind: str, config: dict) -> list[dict]:
     return merge_metric_lines(json.loads(lines[-1][len("METRICS "):]))
 
 
-def summarise(metrics: list[dict], rows_per_step: int) -> dict:
+def summarise(metrics: list[dict], rows_per_step: int, step_flops: float) -> dict:
     times = [m["step_time_s"] for m in metrics if "step_time_s" in m][1:]
     step = statistics.median(times)
     last = metrics[-1]
     out = {"steps": len(metrics), "step_s": round(step, 3), "rows_per_s": round(rows_per_step / step, 3),
+           "gflops_per_s": round(step_flops / step / 1e9, 2),
            "final_loss": round(last["loss"], 4), "final_eval_loss": round(last.get("eval_loss", float("nan")), 4)}
     for key in ("sft_loss", "eval_sft_loss"):
         if key in last:
             out[key] = round(last[key], 4)
     return out
+
+
+def skipped_variants(names: list[str]) -> dict[str, str]:
+    """The variants not to run on this CPU, each with the reason: bf16 without native bf16 matmuls."""
+    from rac.models.factory import slow_bf16_reason
+
+    reasons: dict[str, str | None] = {}
+    for name in names:
+        dtype = VARIANTS[name]["model"]["dtype"]
+        if dtype not in reasons:
+            reasons[dtype] = slow_bf16_reason(dtype, use_gpu=False)
+    return {name: reasons[VARIANTS[name]["model"]["dtype"]] for name in names
+            if reasons[VARIANTS[name]["model"]["dtype"]]}
+
+
+def mean_step_tokens(kind: str, config: dict, share_prompt: bool) -> tuple[float, float]:
+    """Mean ``(tokens, labelled tokens)`` a training step runs through the model per row (SFT) or
+    pair (joint objective), over the training set ``config`` tokenizes (:func:`rac.training.data.example_tokens`)."""
+    from rac.config import from_dict
+    from rac.training import RACConfig, SFTConfig
+    from rac.training.data import example_tokens, load_dataset_dir
+    from rac.training.trainer import DATA_DIR, build_datasets, training_rows
+
+    cfg = from_dict(RACConfig if kind == "rac" else SFTConfig, config)
+    build_datasets(cfg, training_rows(cfg))
+    counts = [example_tokens(e, share_prompt) for e in load_dataset_dir(Path(cfg.output_dir) / DATA_DIR / "train")]
+    return statistics.mean(c[0] for c in counts), statistics.mean(c[1] for c in counts)
+
+
+def kind_config(kind: str, model: Path, steps: int, name: str, variant: dict, inputs: dict[str, Path],
+                tmp: Path) -> dict:
+    """The run config of ``variant`` for ``kind`` (sft or rac)."""
+    config = common(model, steps)
+    workers = variant.get("scaling", {}).get("num_workers", 2)
+    config.update(input_dir=str(inputs[kind]), output_dir=str(tmp / f"{name}-{kind}"), run_name=f"{name}-{kind}",
+                  per_worker_batch_size=BATCH[kind] * 2 // workers,
+                  learning_rate=LR[kind] * variant.get("learning_rate_scale", 1.0))
+    config["model"].update(variant["model"])
+    for section in ("deepspeed", "scaling"):
+        if section in variant:
+            config[section] = variant[section]
+    if kind == "rac":
+        config.update(gamma=0.5, beta=0.1, precompute_ref_logps=True, **variant.get("rac", {}))
+    return config
 
 
 def main() -> None:
@@ -128,43 +191,67 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     if not (args.model / "config.json").is_file():
         sys.exit(f"no model in {args.model}: run `python -m jobs.prepare_model` first")
-    import torch
+    from transformers import AutoConfig
 
-    result: dict = {"model": str(args.model), "steps": args.steps, "cpu_cores": os.cpu_count(),
-                    "bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "runs": {}}
-    batch = {"sft": 4, "rac": 2}
-    lr = {"sft": 1e-4, "rac": 2e-5}
+    from rac.machine import (
+        PEAK_TOKENS,
+        describe_machine,
+        matmul_params,
+        matmul_peak,
+        matmul_shapes,
+        share_of_peak,
+        training_step_flops,
+    )
+
+    skipped = skipped_variants(args.variants)
+    variants = [name for name in args.variants if name not in skipped]
+    model_config = AutoConfig.from_pretrained(str(args.model))
+    n_params = matmul_params(model_config)
+    dtypes = sorted({VARIANTS[name]["model"]["dtype"] for name in variants}
+                    | ({BASELINE["model"]["dtype"]} if args.baseline_rev else set()))
+    result: dict = {"model": str(args.model), "matmul_params": n_params, "steps": args.steps,
+                    "machine": describe_machine(), "skipped": skipped, "runs": {}}
+    print("machine", json.dumps(result["machine"]), "skipped", json.dumps(skipped), file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         retrieved, pairs = write_rows(tmp)
-        trees = {name: REPO for name in args.variants}
+        inputs = {"sft": retrieved, "rac": pairs}
+        tokens = {(kind, shared): mean_step_tokens(kind, kind_config(kind, args.model, args.steps, "tokens",
+                                                                       VARIANTS["trl_fp32"], inputs, tmp), shared)
+                  for kind in args.kinds for shared in ((True, False) if kind == "rac" else (True,))}
+        result["mean_tokens_per_row"] = {f"{kind}{'' if shared else '_prompt_twice'}": {
+            "tokens": round(t[0], 1), "labelled": round(t[1], 1)} for (kind, shared), t in tokens.items()}
+        # The LM head runs on labelled tokens only: the peak's head matmul has as few rows.
+        labelled = sum(t[1] for t in tokens.values()) / sum(t[0] for t in tokens.values())
+        shapes = matmul_shapes(model_config, PEAK_TOKENS, head_tokens=round(PEAK_TOKENS * labelled))
+        peaks = result["peak"] = {dtype: matmul_peak(shapes, dtype) for dtype in dtypes}
+        trees = {name: REPO for name in variants}
         if args.baseline_rev:
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "baseline"),
                             args.baseline_rev], check=True, capture_output=True)
             trees = {"baseline_loop_fp32": tmp / "baseline", **trees}
         try:
             for name, tree in trees.items():
-                variant = VARIANTS.get(name, {"model": {"dtype": "float32"}, "deepspeed": {"zero_stage": 2}})
+                variant = VARIANTS.get(name, BASELINE)
                 for kind in [k for k in args.kinds if k in variant.get("kinds", args.kinds)]:
-                    config = common(args.model, args.steps)
-                    workers = variant.get("scaling", {}).get("num_workers", 2)
-                    config.update(input_dir=str(retrieved if kind == "sft" else pairs),
-                                  output_dir=str(tmp / f"{name}-{kind}"), run_name=f"{name}-{kind}",
-                                  per_worker_batch_size=batch[kind] * 2 // workers,
-                                  learning_rate=lr[kind] * variant.get("learning_rate_scale", 1.0))
-                    config["model"].update(variant["model"])
-                    for section in ("deepspeed", "scaling"):
-                        if section in variant:
-                            config[section] = variant[section]
-                    if kind == "rac":
-                        config.update(gamma=0.5, beta=0.1, precompute_ref_logps=True, **variant.get("rac", {}))
+                    config = kind_config(kind, args.model, args.steps, name, variant, inputs, tmp)
                     metrics = run_variant(tree, kind, config)
-                    result["runs"].setdefault(name, {})[kind] = summarise(metrics, 2 * batch[kind])
+                    shared = kind == "sft" or config.get("share_prompt", name != "baseline_loop_fp32")
+                    row_tokens, row_labelled = tokens[(kind, shared)]
+                    step_flops = training_step_flops(model_config, row_tokens * 2 * BATCH[kind],
+                                                     row_labelled * 2 * BATCH[kind])
+                    result["runs"].setdefault(name, {})[kind] = summarise(metrics, 2 * BATCH[kind], step_flops)
                     print(name, kind, json.dumps(result["runs"][name][kind]), file=sys.stderr, flush=True)
         finally:
             if args.baseline_rev:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "baseline")],
                                capture_output=True)
+    # Measured again after the runs: each shape keeps its faster rate (rac.machine.matmul_peak).
+    peaks.update({dtype: matmul_peak(shapes, dtype, earlier=before) for dtype, before in peaks.items()})
+    for name, runs in result["runs"].items():
+        for run in runs.values():
+            peak = peaks[VARIANTS.get(name, BASELINE)["model"]["dtype"]]
+            run["share_of_peak"] = round(share_of_peak(run["gflops_per_s"] * 1e9, peak), 4)
     base = result["runs"].get("baseline_loop_fp32")
     if base:
         result["speedup_vs_baseline"] = {

@@ -391,6 +391,7 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from rac.evaluation.scorers import resolve_embedding_model
+    from rac.models.factory import warn_slow_bf16
     from rac.training.data import topic_of
     from rac.training.trainer import check_resources
 
@@ -408,6 +409,7 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
                           f"per_worker_batch_size; lower per_worker_batch_size")
     folds = topic_folds(rows, cfg.cv_folds, cfg.seed) if cfg.cv_folds else None  # too few topics: before training
     check_resources(cfg)  # the scaling section is the training stages' own (rac.training.config.ScalingSection)
+    warn_slow_bf16(cfg.dtype, cfg.scaling.use_gpu, "dtype")
 
     out = Path(cfg.output_dir).resolve()
     info = {"base_model": str(base_model), "negatives_dirs": [str(Path(d).resolve()) for d in cfg.negatives_dirs],

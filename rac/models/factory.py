@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rac import machine
 from rac.config import ConfigError, field_help, nested
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,26 @@ def resolve_dtype(dtype: str, use_gpu: bool) -> str:
 
     if use_gpu:
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    return "bfloat16" if machine.bf16_supported() else "float32"
+
+
+def slow_bf16_reason(dtype: str, use_gpu: bool) -> str | None:
+    """Why ``dtype`` would run slowly here, or None: bfloat16 asked for on a CPU without native
+    bf16 matmuls. The message gives the measured bf16/fp32 matmul speed ratio (a 0.1-s probe)."""
+    if dtype != "bfloat16" or use_gpu or machine.bf16_supported():
+        return None
+    return (f"bfloat16 on a CPU without native bf16 matmuls ({machine.cpu_model()}: no AVX512-BF16 or AMX): "
+            f"a bf16 matmul runs at {machine.bf16_speed_ratio():.3g}x the float32 speed here; "
+            f"dtype auto picks float32 on this CPU")
+
+
+def warn_slow_bf16(dtype: str, use_gpu: bool, key: str = "model.dtype") -> str | None:
+    """Preflight: log :func:`slow_bf16_reason` as a warning naming the config ``key``; the run
+    still proceeds as asked. Returns the reason (None when there is nothing to warn about)."""
+    reason = slow_bf16_reason(dtype, use_gpu)
+    if reason:
+        logger.warning("%s is %s; the run proceeds as asked", key, reason)
+    return reason
 
 
 def peft_config(cfg: LoraConfig) -> Any:

@@ -90,6 +90,16 @@ def preference_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: 
     return out
 
 
+def example_tokens(example: dict[str, Any], share_prompt: bool = True) -> tuple[int, int]:
+    """``(tokens, labelled)`` of one example (:func:`sft_examples` or :func:`preference_examples`)
+    in a training step: the tokens run through the policy, a pair's prompt once when
+    ``share_prompt``, else twice; and those with a label (the questions)."""
+    if "input_ids" in example:
+        return len(example["input_ids"]), sum(example["completion_mask"])
+    answers = len(example["chosen_ids"]) + len(example["rejected_ids"])
+    return len(example["prompt_ids"]) * (1 if share_prompt else 2) + answers, answers
+
+
 def write_dataset(examples: list[dict[str, Any]], path: Path) -> Path:
     """Save ``examples`` as a Hugging Face dataset at ``path``.
 

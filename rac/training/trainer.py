@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError, write_run_info
-from rac.models.factory import load_tokenizer
+from rac.models.factory import load_tokenizer, warn_slow_bf16
 from rac.storage import resolve_storage, storage_root
 from rac.training.checkpoints import checkpoint_storage
 from rac.training.config import RACConfig, SFTConfig, TrainConfig
@@ -98,11 +98,13 @@ def build_datasets(cfg: TrainConfig, rows: list[dict[str, Any]]) -> dict[str, in
 
 
 def preflight(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Every check that needs no worker: model, data and its columns, batch, resources.
+    """Every check that needs no worker: model, data and its columns, batch, resources, and a
+    warning where ``model.dtype`` asks for bf16 on a CPU without it (the run proceeds).
 
     Returns the usable training rows (read once; :func:`build_datasets` tokenizes them).
     """
     cfg.model.check_exists()
+    warn_slow_bf16(cfg.model.dtype, cfg.scaling.use_gpu)
     rows = training_rows(cfg)
     if len(rows) < global_batch_size(cfg):
         raise ConfigError(f"{len(rows)} training rows in {cfg.input_dir}, fewer than one global batch "

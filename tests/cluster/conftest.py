@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,11 +63,14 @@ class RayCluster:
         return proc
 
     def job_status(self, submission_id: str) -> str:
-        out = self.ray("job", "status", f"--address={self.url}", submission_id).stdout
-        for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-            if status in out:
-                return status
-        return out
+        """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED, from the job REST API."""
+        request = urllib.request.Request(f"{self.url}/api/jobs/{submission_id}",
+                                         headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["status"]
+
+    def job_logs(self, submission_id: str) -> str:
+        return self.ray("job", "logs", f"--address={self.url}", submission_id).stdout
 
     def node_ids(self) -> dict[str, str]:
         """{node id: "head" | "worker"} of the alive nodes."""

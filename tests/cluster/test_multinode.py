@@ -24,7 +24,7 @@ PLACED = {"sft_grounded": "train_worker", "sft_ungrounded": "train_worker", "tra
 def pipeline_args(storage: Path) -> list[str]:
     args = ["python", "-m", "jobs.pipeline", "--config", "configs/demo.yaml", "--storage", str(storage),
             "--base_model", "outputs/models/tiny", "--stages", f"[{', '.join(ALL_STAGES)}]", "--show", "0",
-            "--evaluate.fluency_model", "outputs/models/tiny", "--evaluate.bootstrap_samples", "200",
+            "--evaluate.fluency_model", "null", "--evaluate.bootstrap_samples", "200",
             "--evaluate.embedding_model", "null", "--retrieve_pool.batch_size", "10",
             "--negatives.pool.batch_size", "4", "--sft.max_steps", "60", "--sft.save_steps", "10",
             "--rac.max_steps", "2"]
@@ -87,7 +87,7 @@ def test_a_stopped_job_resubmitted_resumes_and_ends_as_an_uninterrupted_one(ray_
     deadline = time.monotonic() + 900
     while not list(checkpoints.glob("checkpoint_*/checkpoint/trainer_state.json")):
         assert ray_cluster.job_status("rac-stop-1") in ("RUNNING", "PENDING"), \
-            ray_cluster.ray("job", "logs", f"--address={ray_cluster.url}", "rac-stop-1").stdout[-3000:]
+            ray_cluster.job_logs("rac-stop-1")[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.2)
     stop = ray_cluster.ray("job", "stop", f"--address={ray_cluster.url}", "rac-stop-1")
@@ -112,8 +112,7 @@ def _wait_for(condition, what: str, cluster, submission_id: str, timeout: float 
     while not condition():
         status = cluster.job_status(submission_id)
         assert status in ("RUNNING", "PENDING"), \
-            f"{what}: job {status}\n" + cluster.ray("job", "logs", f"--address={cluster.url}",
-                                                   submission_id).stdout[-3000:]
+            f"{what}: job {status}\n" + cluster.job_logs(submission_id)[-3000:]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
 
@@ -143,7 +142,7 @@ def test_a_worker_node_lost_mid_stage_the_stage_completes_on_the_others(ray_clus
     ray_cluster.add_worker()
     while ray_cluster.job_status(job) in ("RUNNING", "PENDING"):
         time.sleep(1)
-    logs = ray_cluster.ray("job", "logs", f"--address={ray_cluster.url}", job).stdout
+    logs = ray_cluster.job_logs(job)
     assert ray_cluster.job_status(job) == "SUCCEEDED", logs[-4000:]
     assert "resumes from" in logs  # the training workers restarted from the stage's checkpoint
     rows_lost, mismatches = compare_runs(reference_run[0] / "outputs" / "demo", run, ALL_STAGES)
