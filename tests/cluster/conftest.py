@@ -86,7 +86,7 @@ class RayCluster:
     def _alive(self) -> list[dict]:
         proc = self.ray("list", "nodes", f"--address={self.url}", "--format=json", "--filter", "state=ALIVE")
         assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
+        return json.loads(proc.stdout) if proc.stdout.lstrip().startswith("[") else []  # "No resource ..." at start
 
     def add_worker(self) -> Node:
         """Start one more worker node (2 CPUs) and wait until it has joined."""

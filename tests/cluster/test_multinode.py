@@ -5,6 +5,8 @@ and a storage root, exactly as the README writes it (tiny models, short training
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from rac.pipeline import MANIFEST
 from rac.testing.tiny import save_tiny_model
+from tests.conftest import REPO
 from tests.e2e.test_chaos import ALL_STAGES, compare_runs
 
 pytestmark = pytest.mark.slow  # three pipeline runs on three nodes: minutes, not seconds
@@ -75,6 +78,52 @@ def test_the_pipeline_runs_on_the_worker_nodes_and_writes_only_to_storage(ray_cl
         assert placed[role] and set(placed[role]) <= workers, (stage, placed, nodes)
         where[stage] = placed[role]
     print("placement:", json.dumps(where))
+
+
+def test_serve_deploy_on_the_cluster_reads_the_model_and_index_from_storage(ray_cluster, reference_run, tmp_path):
+    import urllib.request
+
+    import yaml
+
+    from rac.testing.es_server import free_port
+
+    storage = reference_run[0]
+    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    port = free_port()
+    # One proxy (every node of this cluster shares 127.0.0.1, so one port fits one proxy only).
+    config["proxy_location"] = "HeadOnly"
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["runtime_env"]["env_vars"]["RAC_STORAGE"] = str(storage)  # as serve/config.yaml's comment says
+    assert not Path(app["args"]["model_path"]).is_absolute()  # outputs/demo/train_rac/model, on the storage
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    serve_bin = [str(Path(sys.executable).parent / "serve")]
+    deployed = subprocess.run([*serve_bin, "deploy", str(tmp_path / "serve.yaml"), f"--address={ray_cluster.url}"],
+                              env=ray_cluster.env, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, subprocess.run(
+                [*serve_bin, "status", f"--address={ray_cluster.url}"], env=ray_cluster.env, capture_output=True,
+                text=True).stdout[-3000:]
+            time.sleep(1)
+        request = urllib.request.Request(url + "/v1/clarify", data=json.dumps({"query": "jaguar"}).encode(),
+                                          headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            body = json.loads(r.read())
+        assert body["model"] == "model" and body["question"]
+        assert body["passages"] and all("jaguar" in p["text"].lower() for p in body["passages"])
+    finally:
+        subprocess.run([*serve_bin, "shutdown", "-y", f"--address={ray_cluster.url}"], env=ray_cluster.env,
+                       capture_output=True, timeout=120)
 
 
 def test_a_stopped_job_resubmitted_resumes_and_ends_as_an_uninterrupted_one(ray_cluster, reference_run, tmp_path):
@@ -148,3 +197,4 @@ def test_a_worker_node_lost_mid_stage_the_stage_completes_on_the_others(ray_clus
     rows_lost, mismatches = compare_runs(reference_run[0] / "outputs" / "demo", run, ALL_STAGES)
     print(f"node loss ({lost}): rows lost {rows_lost}, mismatches {mismatches}")
     assert rows_lost == 0 and not mismatches, mismatches
+
