@@ -42,6 +42,7 @@ class RayCluster:
     gcs: str
     env: dict[str, str]
     nodes: list[Node] = field(default_factory=list)
+    started: int = 0  # worker nodes started so far
 
     def ray(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """A ``ray`` CLI command against this cluster (``ray job ...``, ``ray list ...``)."""
@@ -90,13 +91,13 @@ class RayCluster:
 
     def add_worker(self) -> Node:
         """Start one more worker node (2 CPUs) and wait until it has joined."""
-        name = f"node_w{len(self.nodes)}"
-        before = list(self.node_ids().values()).count("worker")
+        self.started += 1
+        name = f"node_w{self.started}"  # a name, resource and temp dir no other node had
         node = _start(name, [f"--address={self.gcs}", "--num-cpus=2", f"--resources={{\"{name}\": 1}}"],
                       self.env, self.nodes[0].temp_dir.parent / name)
         self.nodes.append(node)
         deadline = time.monotonic() + 90
-        while list(self.node_ids().values()).count("worker") <= before:
+        while not any(name in n["resources_total"] for n in self._alive()):
             assert time.monotonic() < deadline, f"{name} did not join"
             time.sleep(1)
         return node
