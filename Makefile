@@ -1,6 +1,7 @@
 # Two commands for a new user (see README.md):
 #   make run    set everything up, then run the main job on the embedded defaults
-#   make test   set everything up, then run the test suite
+#   make test   set everything up, then run the quick test suite (daily work, under 8 min on 2 cores)
+#   make test-all  the whole suite, slow tests included: what CI runs (.ci/run, under 40 min)
 # Everything installs into .venv from pyproject.toml; nothing is installed by hand.
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/demo.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-all lint bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +26,9 @@ run: setup
 	HF_HUB_OFFLINE=1 $(PY) -m jobs.pipeline --config $(CONFIG)
 
 test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -57,7 +57,7 @@ def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = No
     prog = "python -m " + (sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else "jobs")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        argv, storage = pop_option(argv, "--storage")
+        argv, storage = pop_option(argv, "--storage", "a directory")
         cfg = parse_config(config_cls, argv, prog=prog)
         root = prepare_storage(cfg, storage)  # every relative path made absolute here, before any work
     except ConfigError as e:
@@ -120,13 +120,16 @@ def _stop_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, stop)
 
 
-def pop_option(argv: list[str], option: str) -> tuple[list[str], str | None]:
-    """``argv`` without ``option VALUE`` (an option of the door, not a config key), and VALUE."""
+def pop_option(argv: list[str], option: str, value: str = "a value") -> tuple[list[str], str | None]:
+    """``argv`` without ``option VALUE`` (an option of the door, not a config key), and VALUE.
+
+    ``value`` names what the option takes, for the error when it is missing.
+    """
     if option not in argv:
         return argv, None
     i = argv.index(option)
     if i + 1 >= len(argv):
-        raise ConfigError(f"{option} needs a value")
+        raise ConfigError(f"{option} needs {value}")
     return argv[:i] + argv[i + 2:], argv[i + 1]
 
 

@@ -16,7 +16,7 @@ def main(cfg: PipelineConfig, start_from: str | None) -> None:
 
 if __name__ == "__main__":
     try:  # not a config key: which stage to re-run from
-        argv, start_from = pop_option(sys.argv[1:], "--from")
+        argv, start_from = pop_option(sys.argv[1:], "--from", "a stage name")
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -17,12 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 QULAC_PATH = REPO.parent / "shared" / "data" / "qulac" / "qulac.json"
 
 
-#: Tests too long for CI's 15 minutes (the full chaos test, more job processes): they also carry
-#: the ``slow`` marker, and run with ``RAC_LONG_TESTS=1 make test PYTEST_ARGS="-m slow"``.
-long_test = pytest.mark.skipif(not os.environ.get("RAC_LONG_TESTS"),
-                               reason="a long test: set RAC_LONG_TESTS=1 to run it")
-
-
 @pytest.fixture(scope="session")
 def qulac_path() -> Path:
     if not QULAC_PATH.is_file():

@@ -23,7 +23,6 @@ import pytest
 
 from rac.data import DataFormatError, load_corpus_file, load_data, records_to_table
 from rac.data.loaders import CLARIQ_COLUMNS, DEMO_PATH, load_clariq, load_demo, load_jsonl, load_parquet, load_qulac
-from tests.conftest import long_test
 
 SEED = 13
 CUTS, FLIPS, NON_UTF8 = 20, 20, 8
@@ -179,8 +178,8 @@ def test_a_corpus_without_a_searchable_word_is_refused(tmp_path):
     check_corpus([*corpus, {"id": "p3", "text": "jaguar"}], DataConfig(corpus_path=str(path)))
 
 
-@pytest.mark.parametrize("kind", ["jsonl-cut", pytest.param("clariq-non-utf8", marks=[pytest.mark.slow, long_test]),
-                                  pytest.param("corpus-no-word", marks=[pytest.mark.slow, long_test])])
+@pytest.mark.parametrize("kind", ["jsonl-cut", pytest.param("clariq-non-utf8", marks=pytest.mark.slow),
+                                  pytest.param("corpus-no-word", marks=pytest.mark.slow)])
 def test_the_index_job_exits_1_naming_the_file(tmp_path, kind):
     """Through the door a user runs, in its own process: exit 1, the file (and line) named, no
     traceback. (Every door meets every class of input in this process in

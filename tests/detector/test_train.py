@@ -11,7 +11,6 @@ import pytest
 
 from jobs._door import run
 from rac.detector import DetectorConfig, run_train_detector
-from tests.conftest import long_test
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +92,6 @@ def test_impossible_values_are_config_errors(args, message, capsys):
 
 
 @pytest.mark.slow
-@long_test
 def test_detector_flags_inserted_foreign_words(ray_local, tmp_path, lm_tokenizer_dir):
     """The real job (Ray Train, the packaged MiniLM) on a synthetic set whose unsupported spans are known."""
     from transformers import AutoTokenizer

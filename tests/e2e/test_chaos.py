@@ -10,8 +10,8 @@ compared with that of an uninterrupted run of the same config: the retrieved row
 negatives by id (rejected text, token ids and provenance), the exported models' weights (hash),
 ``report.json``'s metrics, and every stage's rows in and out.
 
-``test_chaos_ci`` (in CI) kills twice on the two first stages; ``test_chaos_full`` (``slow``,
-``RAC_LONG_TESTS=1``) kills 10 times over every stage of the demo pipeline on tiny models.
+``test_chaos_ci`` (in the quick suite) kills twice on the two first stages; ``test_chaos_full``
+(``slow``: CI's whole suite) kills 10 times over every stage of the demo pipeline on tiny models.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 
 from rac.pipeline import MANIFEST, STARTED
-from tests.conftest import long_test
 from tests.e2e.procs import REPO, descendants, job_env, kill_group, start_job, wait_until
 
 SEED = 13
@@ -206,7 +205,6 @@ def _full_args(run: Path, base: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@long_test
 def test_chaos_full(tmp_path):
     """K = 10 kills over every stage of the demo pipeline (tiny models), each followed by a rerun."""
     from rac.testing.tiny import save_tiny_model

@@ -93,7 +93,7 @@ def _case(door: str, kind: str, tmp_path, dead_url, negatives_inputs) -> tuple[l
         ("evaluate", "config"): (["--output_dirr", "x"], 2, r"unknown config key 'output_dirr'\. Did you mean "
                                                             r"'output_dir'"),
         ("evaluate", "input"): (["--input_dir", missing, *out], 1,
-                                r"systems\[grounded-sft\]\.path outputs/sft/grounded is not a Hugging Face model "
+                                r"systems\[grounded-sft\]\.path \S*outputs/sft/grounded is not a Hugging Face model "
                                 r"directory \(no config\.json\); train that model first"),
         ("prepare_model", "config"): (["--overwrite", "maybe"], 2, r"overwrite must be true or false, got 'maybe'"),
         ("prepare_model", "absent"): (["--gguf_file", str(tmp_path / "none.gguf"), *out], 1,

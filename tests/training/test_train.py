@@ -20,7 +20,6 @@ from rac.training import RACConfig, SFTConfig, read_metrics, run_training
 from rac.training.config import DeepSpeedSection, ScalingSection
 from rac.training.data import load_dataset_dir
 from rac.training.trainer import holdout_by_topic, steps_per_epoch, training_rows
-from tests.conftest import long_test
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +186,10 @@ def test_rac_zero3_survives_a_killed_worker_and_logs_each_term(ray_local, demo_d
 
 
 @pytest.mark.slow
-@long_test
 def test_reference_model_forward_matches_precomputed(ray_local, demo_dir, tmp_path):
     """Without DeepSpeed: a frozen reference model's forward every step gives the very losses
-    of the precomputed reference log-probs, step by step. Gated (two Ray Train runs, about 50 s,
-    to keep CI within 15 minutes): the training forward that policy and reference both run is
+    of the precomputed reference log-probs, step by step. ``slow`` (two Ray Train runs, about 50 s):
+    in the quick suite, the training forward that policy and reference both run is
     checked against TRL's own in seconds by tests/training/test_forward.py."""
     runs = {}
     for precompute in (True, False):
