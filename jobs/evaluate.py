@@ -7,9 +7,10 @@ from rac.evaluation import EvaluateConfig, run_evaluate
 
 
 def main(cfg: EvaluateConfig) -> None:
-    summary = run_evaluate(cfg)
+    result = run_evaluate(cfg)
+    summary = result.details
     for name, counts in summary["systems"].items():
-        print(f"{name}: {counts['evaluated']} of {summary['rows_in']} test rows evaluated, "
+        print(f"{name}: {counts['evaluated']} of {result.rows_in} test rows evaluated, "
               f"{counts['error_rows']} error rows")
     if summary["mixture_rows"]:
         print(f"{summary['mixture_rows']} mixture rows scored over alphas {[a for a, _ in cfg.alpha_dirs()]}")

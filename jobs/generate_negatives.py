@@ -5,16 +5,16 @@ import sys
 
 from jobs._door import run
 from rac.decoding import NegativesConfig, run_generate_negatives
-from rac.failures import check_complete
 
 
 def main(cfg: NegativesConfig) -> None:
-    summary = run_generate_negatives(cfg)
-    print(f"{summary['with_negative']} of {summary['rows_in']} rows of {cfg.splits} have a negative "
-          f"(alpha {cfg.sampling.alpha}, realised mixing rate {summary['mean_mixing_rate']}); "
-          f"{summary['error_rows']} error rows ({cfg.output_dir}/errors.jsonl); {summary['skipped']} were already "
-          f"written, {summary['generated']} decoded now; outputs in {cfg.output_dir}/negatives")
-    check_complete("negatives", summary)
+    result = run_generate_negatives(cfg)
+    d = result.details
+    print(f"{result.rows_out} of {result.rows_in} rows of {cfg.splits} have a negative "
+          f"(alpha {cfg.sampling.alpha}, realised mixing rate {d['mean_mixing_rate']}); "
+          f"{d['error_rows']} error rows ({cfg.output_dir}/errors.jsonl); {d['skipped']} were already "
+          f"written, {d['generated']} decoded now; outputs in {cfg.output_dir}/negatives")
+    result.check_complete()
 
 
 if __name__ == "__main__":

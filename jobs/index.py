@@ -3,15 +3,14 @@
 import sys
 
 from jobs._door import run
-from rac.failures import check_complete
 from rac.retrieval import IndexConfig, run_index
 
 
 def main(cfg: IndexConfig) -> None:
-    summary = run_index(cfg)
-    print(f"indexed {summary['indexed']} of {summary['passages']} passages ({summary['backend']}); "
+    result = run_index(cfg)
+    print(f"indexed {result.rows_out} of {result.rows_in} passages ({result.details['backend']}); "
           f"outputs in {cfg.output_dir}")
-    check_complete("index", summary)
+    result.check_complete()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from rac.detector import DetectorConfig, run_train_detector
 
 
 def main(cfg: DetectorConfig) -> None:
-    summary = run_train_detector(cfg)
+    summary = run_train_detector(cfg).details
     held = summary["heldout"]
     print(f"detector trained in {summary['train_seconds']} s on {summary['train_examples']} examples "
           f"({summary['train_topics']} topics): model in {summary['model_dir']}")

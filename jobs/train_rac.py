@@ -7,8 +7,8 @@ from rac.training import RACConfig, run_rac
 
 
 def main(cfg: RACConfig) -> None:
-    summary = run_rac(cfg)
-    print(f"RAC training done: model in {summary['model_dir']}; final metrics {summary['final_metrics']}")
+    d = run_rac(cfg).details
+    print(f"RAC training done: model in {d['model_dir']}; final metrics {d['final_metrics']}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from rac.training import SFTConfig, run_sft
 
 
 def main(cfg: SFTConfig) -> None:
-    summary = run_sft(cfg)
-    print(f"{'grounded' if cfg.grounded else 'ungrounded'} SFT done: model in {summary['model_dir']}; "
-          f"final metrics {summary['final_metrics']}")
+    d = run_sft(cfg).details
+    print(f"{'grounded' if cfg.grounded else 'ungrounded'} SFT done: model in {d['model_dir']}; "
+          f"final metrics {d['final_metrics']}")
 
 
 if __name__ == "__main__":

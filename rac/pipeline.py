@@ -44,7 +44,7 @@ from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
 from rac.detector.config import DetectorConfig
 from rac.evaluation.config import EvaluateConfig
-from rac.failures import check_complete
+from rac.failures import StageResult
 from rac.models.prepare import PrepareModelConfig
 from rac.parts import read_json, write_json
 from rac.retrieval import IndexConfig, RetrieveConfig, RetrieverConfig
@@ -205,35 +205,33 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     return read_json(stage_dir / MANIFEST)
 
 
-def _rows(summary: dict[str, Any]) -> tuple[Any, Any]:
-    rows_in = next((summary[k] for k in ("rows_in", "records", "passages", "rows") if k in summary), None)
-    rows_out = next((summary[k] for k in ("rows_out", "with_passages", "indexed", "with_negative") if k in summary),
-                    None)
-    return rows_in, rows_out
+def manifest_result(manifest: dict[str, Any]) -> StageResult:
+    """The :class:`~rac.failures.StageResult` a stage's manifest recorded."""
+    return StageResult.from_dict(manifest.get("result") or {"stage": manifest.get("stage", "?")})
 
 
-def runners() -> dict[str, Callable[[Any], dict[str, Any]]]:
+def runners() -> dict[str, Callable[[Any], StageResult]]:
     from rac.models.prepare import prepare_model
     from rac.retrieval import run_index, run_retrieve
     from rac.training import run_rac, run_sft
 
-    def negatives(c: Any) -> dict[str, Any]:
+    def negatives(c: Any) -> StageResult:
         from rac.decoding.stage import run_generate_negatives
 
         return run_generate_negatives(c)
 
-    def evaluate(c: Any) -> dict[str, Any]:
+    def evaluate(c: Any) -> StageResult:
         from rac.evaluation import run_evaluate
 
         return run_evaluate(c)
 
-    def train_detector(c: Any) -> dict[str, Any]:
+    def train_detector(c: Any) -> StageResult:
         from rac.detector import run_train_detector
 
         return run_train_detector(c)
 
     return {"index": run_index, "retrieve": run_retrieve,
-            "prepare_model": lambda c: {"model_dir": str(prepare_model(c))},
+            "prepare_model": lambda c: StageResult("prepare_model", details={"model_dir": str(prepare_model(c))}),
             "sft_grounded": run_sft, "sft_ungrounded": run_sft, "negatives": negatives, "train_rac": run_rac,
             "train_detector": train_detector, "evaluate": evaluate}
 
@@ -269,8 +267,8 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
         inputs = {up: (manifests.get(up) or read_manifest(run / up) or {}).get("fingerprint", "absent")
                   for up in UPSTREAM[stage] if up in cfg.stages or (run / up / MANIFEST).is_file()}
         inputs.update(external_inputs(stage, cfg))
-        manifests[stage] = run_stage(f"stage {i}/{len(cfg.stages)} {stage}", run / stage, stage_cfgs[stage],
-                                     run_fns[stage], inputs, forced=forced)
+        manifests[stage] = run_stage(stage, run / stage, stage_cfgs[stage], run_fns[stage], inputs, forced=forced,
+                                     label=f"stage {i}/{len(cfg.stages)} {stage}")
     return manifests
 
 
@@ -282,7 +280,8 @@ def summary_text(cfg: PipelineConfig, manifests: dict[str, dict[str, Any]], widt
     lines = ["", "stages:"]
     for stage, m in manifests.items():
         state = "unchanged, skipped" if m.get("skipped") else f"ran in {m.get('seconds')} s"
-        lines.append(f"  {stage:<15} {state:<22} rows in {m.get('rows_in')}, out {m.get('rows_out')}")
+        result = manifest_result(m)
+        lines.append(f"  {stage:<15} {state:<22} rows in {result.rows_in}, out {result.rows_out}")
     report_path = Path(cfg.run_dir) / "evaluate" / "report.json"
     if "evaluate" in manifests and report_path.is_file():
         report = json.loads(report_path.read_text())
@@ -321,8 +320,8 @@ def summary_text(cfg: PipelineConfig, manifests: dict[str, dict[str, Any]], widt
     return "\n".join(lines)
 
 
-def run_stage(stage: str, stage_dir: Path, stage_cfg: Any, fn: Callable[[Any], dict[str, Any]],
-              inputs: dict[str, str], forced: bool = False) -> dict[str, Any]:
+def run_stage(stage: str, stage_dir: Path, stage_cfg: Any, fn: Callable[[Any], StageResult],
+              inputs: dict[str, str], forced: bool = False, label: str | None = None) -> dict[str, Any]:
     """One stage under the manifest rules: :func:`run_pipeline` runs each of its stages with it,
     and so do runners that lay out their own stages (the study runner, :mod:`rac.experiment`).
 
@@ -330,9 +329,11 @@ def run_stage(stage: str, stage_dir: Path, stage_cfg: Any, fn: Callable[[Any], d
     fingerprints) and its Parquet output is as the manifest left it; a killed run of the same
     stage resumes from what it left; output made with another config or other inputs (or
     ``forced``, ``--from``) is deleted first. A stage that ends with failed rows writes no
-    manifest (:func:`rac.failures.check_complete` raises), so the next run redoes them.
-    Returns the manifest, ``skipped`` added.
+    manifest (:meth:`~rac.failures.StageResult.check_complete` raises), so the next run redoes
+    them. ``label`` names the stage in the log (``stage 3/9 prepare_model``); ``stage`` in the
+    manifest. Returns the manifest, ``skipped`` added.
     """
+    label = label or stage
     config_hash = _hash(stage_cfg if isinstance(stage_cfg, dict) else to_dict(stage_cfg))
     previous = read_manifest(stage_dir)
     unchanged = (not forced and previous and previous.get("config_hash") == config_hash
@@ -340,22 +341,20 @@ def run_stage(stage: str, stage_dir: Path, stage_cfg: Any, fn: Callable[[Any], d
     outputs = parquet_sizes(stage_dir)
     if unchanged and previous.get("outputs", outputs) != outputs:  # manifests of before: not checked
         logger.warning("%s: its Parquet output changed since it finished (a file cut short or deleted?); "
-                       "running it again", stage)
+                       "running it again", label)
         unchanged = False
     if unchanged:
-        logger.info("%s: unchanged since %s, skipped", stage, previous.get("finished"))
+        logger.info("%s: unchanged since %s, skipped", label, previous.get("finished"))
         return {**previous, "skipped": True}
     _prepare_stage_dir(stage_dir, {"config_hash": config_hash, "inputs": inputs}, forced)
-    logger.info("%s: running", stage)
+    logger.info("%s: running", label)
     start = time.perf_counter()
-    summary = fn(stage_cfg)
-    name = stage.rsplit(" ", 1)[-1]
-    check_complete(name, summary)  # failed rows: no manifest, so the rerun redoes them
-    rows_in, rows_out = _rows(summary)
+    result = fn(stage_cfg)
+    result.check_complete()  # failed rows: no manifest, so the rerun redoes them
     manifest = {
-        "stage": name, "config_hash": config_hash, "inputs": inputs, "outputs": parquet_sizes(stage_dir),
-        "fingerprint": _hash([config_hash, inputs]), "rows_in": rows_in, "rows_out": rows_out,
-        "summary": summary, "seconds": round(time.perf_counter() - start, 1),
+        "stage": stage, "config_hash": config_hash, "inputs": inputs, "outputs": parquet_sizes(stage_dir),
+        "fingerprint": _hash([config_hash, inputs]), "result": result.to_dict(),
+        "seconds": round(time.perf_counter() - start, 1),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_revision": git_revision(), "versions": package_versions(),
     }

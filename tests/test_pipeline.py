@@ -8,7 +8,7 @@ import pytest
 
 from rac.config import ConfigError, parse_config
 from rac.data import load_data
-from rac.failures import StageIncompleteError, failure_summary
+from rac.failures import StageIncompleteError, StageResult
 from rac.pipeline import MANIFEST, STARTED, PipelineConfig, run_pipeline, runners
 from rac.retrieval import read_retrieved
 
@@ -18,7 +18,7 @@ def test_rerun_skips_unchanged_and_reruns_changed_stages(ray_local, tmp_path):
     first = run_pipeline(cfg)
     assert [m["skipped"] for m in first.values()] == [False, False]
     manifest = json.loads((tmp_path / "retrieve" / MANIFEST).read_text())
-    assert manifest["rows_in"] == 102 and manifest["rows_out"] == 102
+    assert manifest["result"]["rows_in"] == 102 and manifest["result"]["rows_out"] == 102
     assert manifest["inputs"]["index"] == first["index"]["fingerprint"] and "data" in manifest["inputs"]
     assert manifest["versions"]["ray"] and manifest["git_revision"]
 
@@ -30,7 +30,7 @@ def test_rerun_skips_unchanged_and_reruns_changed_stages(ray_local, tmp_path):
     assert not third["retrieve"]["skipped"]
     assert third["retrieve"]["config_hash"] != first["retrieve"]["config_hash"]
     # A changed stage starts clean: every row searched again, none kept from top_k=5.
-    assert third["retrieve"]["summary"]["searched"] == 102
+    assert third["retrieve"]["result"]["details"]["searched"] == 102
     assert max(len(r["passages"] or []) for r in read_retrieved(tmp_path / "retrieve").to_pylist()) == 2
 
     # Killed midway (no manifest, some parts written): the same stage resumes from its parts.
@@ -41,12 +41,12 @@ def test_rerun_skips_unchanged_and_reruns_changed_stages(ray_local, tmp_path):
     resumed = run_pipeline(changed)
     assert resumed["index"]["skipped"] and not resumed["retrieve"]["skipped"]
     kept = pq.read_metadata(parts[0]).num_rows
-    assert (resumed["retrieve"]["summary"]["skipped"], resumed["retrieve"]["summary"]["searched"]) == \
-        (kept, 102 - kept)
+    d = resumed["retrieve"]["result"]["details"]
+    assert (d["skipped"], d["searched"]) == (kept, 102 - kept)
 
     forced = run_pipeline(changed, start_from="retrieve")  # --from restarts the stage clean
     assert forced["index"]["skipped"] and not forced["retrieve"]["skipped"]
-    assert forced["retrieve"]["summary"]["searched"] == 102
+    assert forced["retrieve"]["result"]["details"]["searched"] == 102
 
 
 def test_unknown_stage_and_from_are_refused(tmp_path):
@@ -91,23 +91,26 @@ def test_failed_rows_and_files_cut_short_are_never_taken_as_done(ray_local, tmp_
     parts[2].write_bytes(parts[2].read_bytes()[:300])
     again = run_pipeline(cfg)
     assert again["index"]["skipped"] and not again["retrieve"]["skipped"]
-    assert (again["retrieve"]["summary"]["skipped"], again["retrieve"]["summary"]["searched"]) == (102 - lost, lost)
+    d = again["retrieve"]["result"]["details"]
+    assert (d["skipped"], d["searched"]) == (102 - lost, lost)
     assert sorted(read_retrieved(stage_dir).column("id").to_pylist()) == sorted(
         r["id"] for r in load_data("demo").records)
 
     # started.json cut short: the output cannot be matched to a config, so the stage starts clean.
     manifest.unlink()
     (stage_dir / STARTED).write_text("{")
-    assert run_pipeline(cfg)["retrieve"]["summary"]["searched"] == 102
+    assert run_pipeline(cfg)["retrieve"]["result"]["details"]["searched"] == 102
 
     # A stage that ends with failed rows is not finished: no manifest, the run stops naming the
     # stage, the count and the errors file; the next run does the stage again.
     real = runners()
 
     def retrieve_with_failures(c):
-        summary = real["retrieve"](c)
-        return {**summary, **failure_summary([{"id": "x", "error": "retrieval failed: server gone"}],
-                                             tmp_path / "retrieve" / "errors.jsonl")}
+        result = real["retrieve"](c)
+        failed = StageResult.with_failures("retrieve", [{"id": "x", "error": "retrieval failed: server gone"}],
+                                           tmp_path / "retrieve" / "errors.jsonl")
+        return dataclasses.replace(result, failed_rows=failed.failed_rows, errors_file=failed.errors_file,
+                                   first_failure=failed.first_failure)
 
     monkeypatch.setattr("rac.pipeline.runners", lambda: {**real, "retrieve": retrieve_with_failures})
     with pytest.raises(StageIncompleteError, match=r"stage retrieve is incomplete: 1 of 102 rows failed \(first: "
@@ -124,7 +127,7 @@ def test_failed_rows_and_files_cut_short_are_never_taken_as_done(ray_local, tmp_
     part.write_bytes(part.read_bytes()[:100])
     redone = run_pipeline(cfg)
     assert redone["index"]["skipped"] and not redone["retrieve"]["skipped"]
-    assert redone["retrieve"]["summary"]["searched"] == lost
+    assert redone["retrieve"]["result"]["details"]["searched"] == lost
     assert run_pipeline(cfg)["retrieve"]["skipped"]
 
 
@@ -136,7 +139,7 @@ def test_the_printed_summary_shows_detector_support_only_when_a_detector_ran(tmp
     report = {"examples": [], "metric_status": {}, "detector": None,
               "systems": {"grounded-sft": {"rouge_l": 0.26}, "rac": {"rouge_l": 0.28}}}
     (tmp_path / "evaluate" / "report.json").write_text(json.dumps(report))
-    manifests = {"evaluate": {"seconds": 1.0, "rows_in": 12, "rows_out": None}}
+    manifests = {"evaluate": {"seconds": 1.0, "result": StageResult("evaluate", rows_in=12).to_dict()}}
     assert "detector support" not in summary_text(cfg, manifests)
     report["detector"] = {"systems": {"grounded-sft": {"evaluated": 12, "detector_support": 0.7521},
                                       "rac": {"evaluated": 12, "detector_support": 0.7421}}}

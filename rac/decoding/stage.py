@@ -26,7 +26,7 @@ from rac.data.schema import PASSAGE_TYPE
 from rac.decoding.config import NegativesConfig
 from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
 from rac.decoding.models import check_same_tokenizer, model_revision
-from rac.failures import failure_summary
+from rac.failures import StageResult
 from rac.models.factory import check_model_dir, load_causal_lm, resolve_device
 from rac.models.generation import GENERATION_FAILURE
 from rac.parts import (
@@ -197,7 +197,7 @@ def _prompt_size(row: dict[str, Any]) -> int:
     return len(row.get("query") or "") + sum(len(p["text"]) for p in row.get("passages") or [])
 
 
-def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
+def run_generate_negatives(cfg: NegativesConfig) -> StageResult:
     """Decode an unfaithful negative for every row of ``cfg.splits`` and write the T2 pairs.
 
     Output in ``cfg.output_dir``: ``negatives/part-*.parquet`` (:data:`NEGATIVES_SCHEMA`,
@@ -209,11 +209,12 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
 
     Returns
     -------
-    dict
-        ``rows_in`` (rows of the selected splits), ``skipped`` (already written),
-        ``generated`` (decoded by this run), ``retried`` (rows whose decoding had raised in
-        an earlier run, decoded again), ``with_negative``, ``error_rows``,
-        ``generation_failures`` and ``mean_mixing_rate`` over all written rows.
+    StageResult
+        ``rows_in`` (rows of the selected splits), ``rows_out`` (rows with a negative), the
+        rows whose decoding raised as failed rows, and in ``details``: ``skipped`` (already
+        written), ``generated`` (decoded by this run), ``retried`` (rows whose decoding had
+        raised in an earlier run, decoded again), ``error_rows`` and ``mean_mixing_rate``
+        over all written rows.
     """
     import ray
 
@@ -264,13 +265,11 @@ def run_generate_negatives(cfg: NegativesConfig) -> dict[str, Any]:
             f.write(json.dumps(row) + "\n")
     failed = [e for e in errors if e["error"].startswith(GENERATION_FAILURE)]
     rates = written.column("mixing_rate").drop_null()
-    summary = {
-        "rows_in": len(ids), "skipped": len(ids) - len(todo_rows), "generated": len(todo_rows), "retried": retried,
-        "with_negative": len(ids) - len(errors), "error_rows": len(errors),
-        "generation_failures": len(failed), **failure_summary(failed, out / "errors.jsonl"),
-        "alpha": cfg.sampling.alpha, "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None,
-        **revisions,
-    }
-    write_run_info(out, "generate_negatives", cfg, summary=summary)
-    logger.info("negatives: %s", summary)
-    return summary
+    result = StageResult.with_failures(
+        "negatives", failed, out / "errors.jsonl", rows_in=len(ids), rows_out=len(ids) - len(errors),
+        details={"skipped": len(ids) - len(todo_rows), "generated": len(todo_rows), "retried": retried,
+                 "error_rows": len(errors), "alpha": cfg.sampling.alpha,
+                 "mean_mixing_rate": pc.mean(rates).as_py() if len(rates) else None, **revisions})
+    write_run_info(out, "generate_negatives", cfg, result=result.to_dict())
+    logger.info("negatives: %s", result)
+    return result

@@ -26,6 +26,7 @@ from rac.data.loaders import DataFormatError
 from rac.detector.config import DetectorConfig
 from rac.detector.labels import IGNORE, char_labels, token_targets, word_labels
 from rac.detector.model import DETECTOR_FILE, LM_TOKENIZER_DIR, encode
+from rac.failures import StageResult
 from rac.models.factory import ModelDirError, check_model_dir
 
 logger = logging.getLogger(__name__)
@@ -371,7 +372,7 @@ def cross_validate(cfg: DetectorConfig, base_model: Path, lm_path: Path, rows: l
             "folds": cfg.cv_folds, "train_seconds": round(seconds, 1)}
 
 
-def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
+def run_train_detector(cfg: DetectorConfig) -> StageResult:
     """Train the detector on ``cfg.negatives_dirs``, export it, and measure it on held-out topics.
 
     Outputs in ``cfg.output_dir``: ``model/`` (Hugging Face token classifier with
@@ -434,13 +435,14 @@ def run_train_detector(cfg: DetectorConfig) -> dict[str, Any]:
         return {"pairs": f["pairs"], "question_auc": e["auc"], "token_auc": e["token_auc"],
                 "spearman_mixing_rate": e["spearman_mixing_rate"]["rho"]}
 
-    summary = {"rows_in": counts["rows"], "rows_used": len(rows), "unaligned_rows": counts["unaligned"],
-               "train_examples": len(train_examples), "train_topics": len(info["train_topics"]),
-               "heldout_topics": len(info["heldout_topics"]), "heldout_pairs": figures["pairs"],
-               "model_dir": str(model_dir), "train_seconds": train_seconds, "heldout": detector_figures(figures)}
+    details = {"unaligned_rows": counts["unaligned"], "train_examples": len(train_examples),
+               "train_topics": len(info["train_topics"]), "heldout_topics": len(info["heldout_topics"]),
+               "heldout_pairs": figures["pairs"], "model_dir": str(model_dir), "train_seconds": train_seconds,
+               "heldout": detector_figures(figures)}
     if cfg.cv_folds:
-        summary["cross_validated"] = {**detector_figures(figures["cross_validated"]), "folds": cfg.cv_folds,
+        details["cross_validated"] = {**detector_figures(figures["cross_validated"]), "folds": cfg.cv_folds,
                                       "train_seconds": figures["cross_validated"]["train_seconds"]}
-    write_run_info(out, "train_detector", cfg, counts=counts, info=info, summary=summary)
-    logger.info("train_detector: %s", summary)
-    return summary
+    result = StageResult("train_detector", rows_in=counts["rows"], rows_out=len(rows), details=details)
+    write_run_info(out, "train_detector", cfg, counts=counts, info=info, result=result.to_dict())
+    logger.info("train_detector: %s", result)
+    return result

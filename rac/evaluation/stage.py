@@ -40,6 +40,7 @@ from rac.evaluation.scorers import (
     passage_texts,
     resolve_embedding_model,
 )
+from rac.failures import StageResult
 from rac.models.factory import check_model_dir, resolve_device
 from rac.models.generation import GENERATION_FAILURE, greedy_generate
 from rac.models.prompts import prompt_token_ids, question_from_text
@@ -394,7 +395,7 @@ def _write_rows(out: Path, generated: dict[str, list[dict[str, Any]]], mixture_r
             f.write(json.dumps(e, ensure_ascii=False) + "\n")
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+def run_evaluate(cfg: EvaluateConfig) -> StageResult:
     """Evaluate ``cfg.systems`` on the test rows and the mixture samples; write the report.
 
     Output in ``cfg.output_dir``: ``predictions/<system>.parquet`` (every input row once,
@@ -439,10 +440,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     report_json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
     plots = write_plots(report, generated, mixture_rows, out / "plots")
     report_md = write_markdown(report, plots, out / "report.md")
-    summary = {"rows_in": rows.num_rows if rows is not None else 0,
-               "systems": {n: {"evaluated": sum(r["error"] is None for r in rs),
-                               "error_rows": sum(r["error"] is not None for r in rs)} for n, rs in generated.items()},
-               "mixture_rows": len(mixture_rows), "report_json": str(report_json), "report_md": str(report_md)}
-    write_run_info(out, "evaluate", cfg, summary=summary, metric_versions=package_versions(METRIC_PACKAGES))
-    logger.info("evaluate: %s", summary)
-    return summary
+    result = StageResult(
+        "evaluate", rows_in=rows.num_rows if rows is not None else 0,
+        rows_out=sum(r["error"] is None for rs in generated.values() for r in rs),
+        details={"systems": {n: {"evaluated": sum(r["error"] is None for r in rs),
+                                 "error_rows": sum(r["error"] is not None for r in rs)}
+                             for n, rs in generated.items()},
+                 "mixture_rows": len(mixture_rows), "report_json": str(report_json), "report_md": str(report_md)})
+    write_run_info(out, "evaluate", cfg, result=result.to_dict(), metric_versions=package_versions(METRIC_PACKAGES))
+    logger.info("evaluate: %s", result)
+    return result

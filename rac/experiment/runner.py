@@ -34,8 +34,9 @@ from rac.config import write_run_info
 from rac.data.schema import VALIDATION_SPLIT
 from rac.evaluation.config import SystemConfig
 from rac.experiment.config import ExperimentConfig, SelectionSection, ValidationSection, Variant
+from rac.failures import StageResult
 from rac.parts import write_part
-from rac.pipeline import external_inputs, run_pipeline, run_stage
+from rac.pipeline import external_inputs, manifest_result, run_pipeline, run_stage
 from rac.training.config import SFTConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def _sample(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[di
     return sorted(random.Random(seed).sample(sorted(rows, key=lambda r: r["id"]), limit), key=lambda r: r["id"])
 
 
-def carve_splits(cfg: SplitsConfig) -> dict[str, Any]:
+def carve_splits(cfg: SplitsConfig) -> StageResult:
     """Write ``select/`` (T1, T2, val) and ``test/`` (test) in the retrieval output's format.
 
     The validation split is ``validation.fraction`` of the T1 topics plus the same share of
@@ -119,12 +120,11 @@ def carve_splits(cfg: SplitsConfig) -> dict[str, Any]:
         (out / folder / "retrieved").mkdir(parents=True, exist_ok=True)
         part = [r for s in splits for r in kept[s]]
         write_part(out / folder / "retrieved", "part-00000.parquet", pa.Table.from_pylist(part, schema=table.schema))
-    summary = {"rows_in": len(rows), "rows_out": sum(len(x) for x in kept.values()),
-               "rows": {s: len(x) for s, x in kept.items()}, "available": {s: len(x) for s, x in by_split.items()},
-               "topics": {s: len({_topic(r) for r in x}) for s, x in kept.items()},
-               "validation_topics": sorted(held_out)}
-    (out / "splits.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    result = StageResult("splits", rows_in=len(rows), rows_out=sum(len(x) for x in kept.values()), details={
+        "rows": {s: len(x) for s, x in kept.items()}, "available": {s: len(x) for s, x in by_split.items()},
+        "topics": {s: len({_topic(r) for r in x}) for s, x in kept.items()}, "validation_topics": sorted(held_out)})
+    (out / "splits.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
 
 
 # ----------------------------------------------------------------------------- pairs with sampled C+
@@ -139,7 +139,7 @@ class PairsConfig:
     output_dir: str
 
 
-def sample_chosen_pairs(cfg: PairsConfig) -> dict[str, Any]:
+def sample_chosen_pairs(cfg: PairsConfig) -> StageResult:
     """The negatives with C+ replaced by the grounded model's own sample (the alpha-0 run, same row seeds).
 
     Chosen and rejected then share one style and differ in grounding. A row without a usable
@@ -163,7 +163,7 @@ def sample_chosen_pairs(cfg: PairsConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     write_part(out, "part-00000.parquet", pa.Table.from_pylist(rows, schema=NEGATIVES_SCHEMA))
     with_pair = sum(r["error"] is None for r in rows)
-    return {"rows_in": len(rows), "rows_out": with_pair, "identical_pairs": identical}
+    return StageResult("pairs", rows_in=len(rows), rows_out=with_pair, details={"identical_pairs": identical})
 
 
 # ----------------------------------------------------------------------------- selection
@@ -202,7 +202,7 @@ def validation_table(report: dict[str, Any], variants: list[str], seeds: list[in
     return out
 
 
-def select_setting(cfg: SelectConfig) -> dict[str, Any]:
+def select_setting(cfg: SelectConfig) -> StageResult:
     """Pick the variant with the best validation ``rule.metric`` among those whose ``rule.guard_metric``
     is within ``rule.guard_tolerance`` of grounded SFT's (all of them, flagged, when none is)."""
     report = json.loads(Path(cfg.report).read_text())
@@ -223,7 +223,8 @@ def select_setting(cfg: SelectConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "selection.json").write_text(json.dumps(selection, indent=2))
-    return {"rows_in": len(candidates), "rows_out": 1, "selected": best["system"], "met_guard": bool(qualified)}
+    return StageResult("selection", rows_in=len(candidates), rows_out=1,
+                       details={"selected": best["system"], "met_guard": bool(qualified)})
 
 
 # ----------------------------------------------------------------------------- the study
@@ -258,13 +259,13 @@ class Study:
             f"pairs/a{v.alpha:g}-sample-s{seed}"
 
     # -- running
-    def stage(self, name: str, stage_cfg: Any, fn: Callable[[Any], dict[str, Any]], upstream: list[str],
+    def stage(self, name: str, stage_cfg: Any, fn: Callable[[Any], StageResult], upstream: list[str],
               external: dict[str, str] | None = None) -> dict[str, Any]:
         """Run (or skip) one stage; its inputs are the fingerprints of ``upstream`` stages (and of
         ``external`` files no stage wrote, such as a base model of one's own)."""
         inputs = {u: self.manifests[u]["fingerprint"] for u in upstream} | (external or {})
 
-        def logged(c: Any) -> dict[str, Any]:
+        def logged(c: Any) -> StageResult:
             self.log.write(name, "started")
             try:
                 return fn(c)
@@ -382,7 +383,7 @@ class Study:
                               output_dir=str(self.path("selection")), variants=[v.name for v in self.variants],
                               seeds=list(self.cfg.seeds), rule=self.cfg.selection)
         manifest = self.stage("selection", select, select_setting, ["validation"])
-        return next(v for v in self.variants if v.name == manifest["summary"]["selected"])
+        return next(v for v in self.variants if v.name == manifest_result(manifest).details["selected"])
 
     def evaluate_test(self, selected: Variant) -> None:
         from rac.evaluation import run_evaluate

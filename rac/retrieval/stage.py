@@ -21,7 +21,7 @@ from rac.data.config import DataConfig
 from rac.data.loaders import DataFormatError
 from rac.data.prepare import prepare_data
 from rac.data.schema import PASSAGE_TYPE, records_to_table
-from rac.failures import failure_summary
+from rac.failures import StageResult
 from rac.parts import (
     PartWriter,
     check_params,
@@ -128,7 +128,7 @@ def check_corpus(corpus: list[dict[str, Any]], data: DataConfig) -> None:
                                           f"another corpus")
 
 
-def run_index(cfg: IndexConfig) -> dict[str, Any]:
+def run_index(cfg: IndexConfig) -> StageResult:
     """Build the passage corpus from ``cfg.data`` and index it into the configured backend.
 
     Writes ``corpus.parquet``, ``index_errors.jsonl`` (one line per passage not indexed,
@@ -167,11 +167,11 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     with (out / "index_errors.jsonl").open("w") as f:
         for row in failures:
             f.write(json.dumps(row) + "\n")
-    summary = {"backend": rcfg.backend, "passages": len(corpus), "indexed": indexed, "failed": len(failures),
-               **failure_summary(failures, out / "index_errors.jsonl")}
-    write_run_info(out, "index", cfg, summary=summary)
-    logger.info("index: %s", summary)
-    return summary
+    result = StageResult.with_failures("index", failures, out / "index_errors.jsonl", rows_in=len(corpus),
+                                       rows_out=indexed, details={"backend": rcfg.backend})
+    write_run_info(out, "index", cfg, result=result.to_dict())
+    logger.info("index: %s", result)
+    return result
 
 
 def retrieve_dataset(ds: Any, retriever: RetrieverConfig, pool: ActorPoolConfig) -> Any:
@@ -199,7 +199,7 @@ def _run_params(cfg: RetrieveConfig, table: pa.Table) -> dict[str, Any]:
             "max_query_chars": r.max_query_chars, "records_digest": table_digest(table, ["id", "query"])}
 
 
-def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
+def run_retrieve(cfg: RetrieveConfig) -> StageResult:
     """Retrieve passages for every record of ``cfg.data`` and write Parquet parts.
 
     Output in ``cfg.output_dir``: ``retrieved/`` (Parquet parts of the record schema,
@@ -249,15 +249,15 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
         for row in loaded.dropped:
             f.write(json.dumps(row) + "\n")
     failed = [e for e in errors.to_pylist() if e["error"].startswith(SERVER_FAILURE)]
-    summary = {"backend": cfg.retriever.backend, "rows_in": loaded.rows_in, "records": len(loaded.records),
-               "skipped": table.num_rows - todo.num_rows, "searched": todo.num_rows, "retried": retried,
-               "rows_out": len(ids), "with_passages": with_passages,
-               "without_passages": len(ids) - errors.num_rows - with_passages, "error_rows": errors.num_rows,
-               "server_failures": len(failed), "dropped_rows": len(loaded.dropped),
-               **failure_summary(failed, out / "errors.jsonl")}
-    write_run_info(out, "retrieve", cfg, summary=summary)
-    logger.info("retrieve: %s", summary)
-    return summary
+    result = StageResult.with_failures(
+        "retrieve", failed, out / "errors.jsonl", rows_in=loaded.rows_in, rows_out=len(ids),
+        details={"backend": cfg.retriever.backend, "records": len(loaded.records),
+                 "skipped": table.num_rows - todo.num_rows, "searched": todo.num_rows, "retried": retried,
+                 "with_passages": with_passages, "without_passages": len(ids) - errors.num_rows - with_passages,
+                 "error_rows": errors.num_rows, "server_failures": len(failed), "dropped_rows": len(loaded.dropped)})
+    write_run_info(out, "retrieve", cfg, result=result.to_dict())
+    logger.info("retrieve: %s", result)
+    return result
 
 
 #: Columns every reader of the retrieval output needs.

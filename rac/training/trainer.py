@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError, write_run_info
+from rac.failures import StageResult
 from rac.models.factory import load_tokenizer, warn_slow_bf16
 from rac.storage import resolve_storage, storage_root
 from rac.training.checkpoints import checkpoint_storage
@@ -114,7 +115,7 @@ def preflight(cfg: TrainConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> dict[str, Any]:
+def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> StageResult:
     """Train as ``cfg`` says (SFT or the joint objective); returns a summary.
 
     ``kill_at_step`` is a test hook: one worker is killed (SIGKILL) once at that step.
@@ -152,11 +153,11 @@ def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> dict[str,
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}") from result.error
-    summary = {"stage": stage, "rows": rows, "model_dir": str(out / EXPORT_DIR),
-               "checkpoint": result.checkpoint.path if result.checkpoint else None,
-               "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}}
-    write_run_info(out, stage, cfg, rows=rows, summary=summary)
-    return summary
+    trained = StageResult(stage, rows_in=rows, details={
+        "model_dir": str(out / EXPORT_DIR), "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}})
+    write_run_info(out, stage, cfg, rows=rows, result=trained.to_dict())
+    return trained
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
@@ -168,11 +169,11 @@ def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
     return merge_metric_lines(lines)
 
 
-def run_sft(cfg: SFTConfig) -> dict[str, Any]:
+def run_sft(cfg: SFTConfig) -> StageResult:
     """Step 1 (grounded, p_theta0) or step 2 (ungrounded, p_uncond) of the method."""
     return run_training(cfg)
 
 
-def run_rac(cfg: RACConfig) -> dict[str, Any]:
+def run_rac(cfg: RACConfig) -> StageResult:
     """Step 4 of the method: the joint objective on T2, starting from p_theta0."""
     return run_training(cfg)

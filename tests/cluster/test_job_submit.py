@@ -19,8 +19,8 @@ def test_stage_runs_as_a_ray_job_with_token_auth(ray_cluster, tmp_path):
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     assert "indexed 138 of 138 passages (embedded)" in proc.stdout
     out = tmp_path / "outputs" / "index"  # configs/index.yaml's relative output_dir, under the storage root
-    summary = json.loads((out / "run_info.json").read_text())["summary"]
-    assert summary["indexed"] == summary["passages"] == 138
+    result = json.loads((out / "run_info.json").read_text())["result"]
+    assert result["rows_out"] == result["rows_in"] == 138
 
     env_root = tmp_path / "by-env"  # the root named by RAC_STORAGE in the job's runtime env
     retrieve = ray_cluster.ray(

@@ -66,8 +66,9 @@ def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model
     input_dir, t2_ids = retrieved_dir
     cfg = _config(model_dirs, input_dir, tmp_path / "neg")
     summary = run_generate_negatives(cfg)
-    assert summary["rows_in"] == len(t2_ids) == 19
-    assert (summary["generated"], summary["skipped"], summary["error_rows"]) == (19, 0, len(BAD_ROWS))
+    assert summary.rows_in == len(t2_ids) == 19
+    d = summary.details
+    assert (d["generated"], d["skipped"], d["error_rows"]) == (19, 0, len(BAD_ROWS))
 
     first = {r["id"]: r for r in read_negatives(cfg.output_dir).to_pylist()}
     assert sorted(first) == t2_ids  # each T2 id exactly once; no T1/test row
@@ -83,10 +84,10 @@ def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model
         assert r["grounded_model"].startswith(f"{model_dirs[0]}@")
         assert r["ungrounded_model"].startswith(f"{model_dirs[1]}@")
         assert r["finish_reason"] in {"eos", "question", "length"}
-    assert 0 < summary["mean_mixing_rate"] < 1
+    assert 0 < summary.details["mean_mixing_rate"] < 1
     errors = [json.loads(line) for line in (tmp_path / "neg" / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["id"] for e in errors) == sorted(BAD_ROWS)
-    assert json.loads((tmp_path / "neg" / "run_info.json").read_text())["summary"]["rows_in"] == 19
+    assert json.loads((tmp_path / "neg" / "run_info.json").read_text())["result"]["rows_in"] == 19
 
     # A real SIGKILL of the running job: the job in a process of its own (with its own Ray) is
     # killed by the kernel right after its second part is written (RAC_FAULT_KILL_AFTER_PARTS),
@@ -106,7 +107,7 @@ def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model
 
     # The rerun, through the job's door as a user starts it: only the rows not written, and the failed one.
     assert run(NegativesConfig, negatives_job, argv=_argv(killed)) == 0
-    again = json.loads((tmp_path / "killed" / "run_info.json").read_text())["summary"]
+    again = json.loads((tmp_path / "killed" / "run_info.json").read_text())["result"]["details"]
     assert (again["skipped"], again["generated"], again["retried"]) == (len(kept) - 1, len(lost) + 1, 1)
     second = {r["id"]: r for r in read_negatives(killed.output_dir).to_pylist()}
     assert sorted(second) == t2_ids  # every row once: none lost, none twice
@@ -120,7 +121,7 @@ def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model
     # Nothing left to do: no actor, no new part.
     n_parts = len(list(parts_dir.glob("part-*.parquet")))
     done = run_generate_negatives(cfg)
-    assert (done["skipped"], done["generated"], done["with_negative"]) == (19, 0, 14)
+    assert (done.details["skipped"], done.details["generated"], done.rows_out) == (19, 0, 14)
     assert len(list(parts_dir.glob("part-*.parquet"))) == n_parts
 
     # Parts made with other settings are never mixed with new ones.

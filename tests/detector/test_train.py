@@ -105,8 +105,8 @@ def test_detector_flags_inserted_foreign_words(ray_local, tmp_path, lm_tokenizer
                          lm_tokenizer=str(lm_tokenizer_dir), max_length=64, num_epochs=3, per_worker_batch_size=16,
                          learning_rate=2e-4, heldout_fraction=0.2)
     summary = run_train_detector(cfg)
-    assert summary["heldout"]["token_auc"] > 0.9 and summary["heldout"]["question_auc"] > 0.9, summary
-    detector = UnsupportedSpanDetector(summary["model_dir"])
+    assert summary.details["heldout"]["token_auc"] > 0.9 and summary.details["heldout"]["question_auc"] > 0.9, summary
+    detector = UnsupportedSpanDetector(summary.details["model_dir"])
     test = synthetic_rows(tokenizer, 40, seed=1)
     results = detector.score([r["rejected"] for r in test], [r["passages"] for r in test])
     found = [{w for s in res.spans(0.5) for w in s["text"].split()} for res in results]
@@ -157,5 +157,5 @@ def test_cross_validation_scores_every_pair_with_a_detector_that_never_saw_its_t
     assert {e["metric"] for e in cv["metric_validity"]} >= {"detector_support", "parent_f1", "semantic_support"}
     assert all(e["n"] == len(rows) for e in cv["metric_validity"])
     assert figures["pairs"] < len(rows)  # the single held-out split scores a fraction only
-    assert summary["cross_validated"]["pairs"] == len(rows)
+    assert summary.details["cross_validated"]["pairs"] == len(rows)
     assert "3-fold cross-validation" in (tmp_path / "det" / "validity.md").read_text()

@@ -130,7 +130,7 @@ def compare_runs(reference: Path, chaos: Path, stages: list[str]) -> tuple[int, 
 
     mismatches, lost = [], 0
     for stage in stages:
-        a, b = (json.loads((d / stage / MANIFEST).read_text()) for d in (reference, chaos))
+        a, b = (json.loads((d / stage / MANIFEST).read_text())["result"] for d in (reference, chaos))
         if (a["rows_in"], a["rows_out"]) != (b["rows_in"], b["rows_out"]):
             mismatches.append(f"{stage}: rows in/out {a['rows_in']}/{a['rows_out']} vs {b['rows_in']}/{b['rows_out']}")
     tables = {"retrieve": ("retrieve/retrieved", ["id", "query", "passages", "split", "error"]),

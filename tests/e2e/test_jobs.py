@@ -41,14 +41,15 @@ def test_main_job_runs_every_stage_and_skips_them_on_rerun(tmp_path):
 
     # Every row accounted for, stage to stage.
     manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in STAGES}
+    results = {s: m["result"] for s, m in manifests.items()}
     splits = pq.read_table(run / "retrieve" / "retrieved", columns=["split"]).column("split").to_pylist()
-    assert manifests["retrieve"]["rows_in"] == manifests["retrieve"]["rows_out"] == len(splits) == 102
+    assert results["retrieve"]["rows_in"] == results["retrieve"]["rows_out"] == len(splits) == 102
     negatives = pq.read_table(run / "negatives" / "negatives")
     assert sorted(set(negatives.column("split").to_pylist())) == ["t2"]
-    assert negatives.num_rows == splits.count("t2") == manifests["negatives"]["rows_in"]
+    assert negatives.num_rows == splits.count("t2") == results["negatives"]["rows_in"]
     with_error = negatives.num_rows - negatives.column("error").null_count
     assert negatives.column("rejected").null_count == with_error == negatives.num_rows - \
-        manifests["negatives"]["rows_out"]
+        results["negatives"]["rows_out"]
     for stage in ("sft_grounded", "sft_ungrounded", "train_rac"):
         assert (run / stage / "model" / "config.json").is_file()
     report = json.loads((run / "evaluate" / "report.json").read_text())

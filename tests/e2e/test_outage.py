@@ -87,9 +87,10 @@ def test_server_stopped_during_retrieve_then_restarted(ray_local, tmp_path, own_
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # configs/demo.yaml, as the job's cwd
     # The same command again (through the door in this process, on the session's Ray: faster).
     assert run_door(PipelineConfig, lambda cfg: pipeline_job(cfg, None), argv=args) == 0
-    summary = json.loads((run / "retrieve" / MANIFEST).read_text())["summary"]
+    result = json.loads((run / "retrieve" / MANIFEST).read_text())["result"]
+    summary = result["details"]
     assert (summary["retried"], summary["searched"], summary["skipped"]) == (failed, failed, total - failed)
-    assert summary["failed_rows"] == 0 and summary["error_rows"] == len(BAD_INPUT)
+    assert result["failed_rows"] == 0 and summary["error_rows"] == len(BAD_INPUT)
     table = pq.read_table(parts, columns=["id", "passages", "error"])
     written = table.column("id").to_pylist()
     assert len(written) == len(set(written)) == len(ids) and set(written) == ids  # none twice, none missing

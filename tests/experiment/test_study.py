@@ -20,6 +20,7 @@ import pytest
 from rac.config import ConfigError, parse_config, to_dict
 from rac.experiment import ExperimentConfig, read_events, run_study
 from rac.experiment.runner import EVENTS
+from rac.failures import StageResult
 from rac.pipeline import MANIFEST
 from rac.testing.tiny import save_tiny_model
 from tests.conftest import REPO
@@ -46,7 +47,7 @@ class FakeTraining:
         self.calls.append((cfg.output_dir, [r["id"] for r in rows]))
         seed = int(hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:6], 16)
         save_tiny_model(Path(cfg.output_dir) / "model", seed=seed, tokenizer=self.tokenizer, weight_std=0.2)
-        return {"rows_in": len(rows), "rows_out": len(rows)}
+        return StageResult("train", rows_in=len(rows), rows_out=len(rows))
 
 
 @pytest.fixture
@@ -176,12 +177,13 @@ def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(report))
     cfg = SelectConfig(str(tmp_path / "report.json"), str(tmp_path / "sel"), ["a", "b", "c"], [0, 1],
                        SelectionSection())
-    assert select_setting(cfg)["selected"] == "b"
+    assert select_setting(cfg).details["selected"] == "b"
     table = {r["system"]: r for r in json.loads((tmp_path / "sel" / "selection.json").read_text())["table"]}
     assert table["b"]["parent_f1"] == pytest.approx(0.28) and table["continued-sft"]["seeds"] == 2
     assert [table[v]["qualifies"] for v in "abc"] == [False, True, True]
     strict = SelectConfig(cfg.report, cfg.output_dir, ["a"], [0, 1], SelectionSection(guard_tolerance=0.0))
-    assert select_setting(strict) == {"rows_in": 1, "rows_out": 1, "selected": "a", "met_guard": False}
+    assert select_setting(strict) == StageResult("selection", rows_in=1, rows_out=1,
+                                                 details={"selected": "a", "met_guard": False})
 
 
 @pytest.mark.parametrize(("grid", "message"), [

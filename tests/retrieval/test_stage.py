@@ -59,7 +59,7 @@ def _index_then_retrieve(tmp_path, queries_path, retriever):
 
 
 def _check_conservation(summary, out, rows, tmp_path):
-    assert summary["records"] == len(rows) == len(out)
+    assert summary.details["records"] == len(rows) == len(out)
     assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)  # each id once
     by_id = {r["id"]: r for r in out}
     for name in BAD_QUERIES:
@@ -70,9 +70,9 @@ def _check_conservation(summary, out, rows, tmp_path):
     good = [r for r in out if not r["id"].startswith("bad-") and r["id"] != "no-match"]
     assert all(r["error"] is None and 1 <= len(r["passages"]) <= 5 for r in good)  # only passages sharing a word
     assert any(len(r["passages"]) == 5 for r in good)
-    assert summary["without_passages"] == 1
-    assert summary["with_passages"] + summary["without_passages"] + summary["error_rows"] == summary["records"] \
-        == summary["rows_out"]
+    assert summary.details["without_passages"] == 1
+    d = summary.details
+    assert d["with_passages"] + d["without_passages"] + d["error_rows"] == d["records"] == summary.rows_out
     errors = (tmp_path / "retrieve" / "errors.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in errors) == sorted(f"bad-{n}" for n in BAD_QUERIES)
     return by_id
@@ -82,7 +82,7 @@ def test_embedded_stage_keeps_every_row(ray_local, tmp_path, queries_file):
     path, rows = queries_file
     retriever = RetrieverConfig(top_k=5, index_dir=str(tmp_path / "bm25"))
     index_summary, summary, out = _index_then_retrieve(tmp_path, path, retriever)
-    assert index_summary["indexed"] == index_summary["passages"] >= 100
+    assert index_summary.rows_out == index_summary.rows_in >= 100
     by_id = _check_conservation(summary, out, rows, tmp_path)
     # The gold facet's own passage is what BM25 finds for a query about it.
     jaguar = by_id["demo-01-f1"]["passages"]
@@ -94,8 +94,8 @@ def test_elasticsearch_stage_matches_embedded(ray_local, tmp_path, queries_file,
     path, rows = queries_file
     retriever = RetrieverConfig(top_k=5, elasticsearch=es_config)
     index_summary, summary, out = _index_then_retrieve(tmp_path, path, retriever)
-    assert index_summary["backend"] == "elasticsearch"
-    assert index_summary["indexed"] == index_summary["passages"] and index_summary["failed"] == 0
+    assert index_summary.details["backend"] == "elasticsearch"
+    assert index_summary.rows_out == index_summary.rows_in and index_summary.failed_rows == 0
     by_id = _check_conservation(summary, out, rows, tmp_path)
 
     # Same ranking as the embedded backend; scores differ only by Lucene's rounding of
@@ -159,7 +159,8 @@ def test_killed_retrieve_resumes_without_redoing_or_losing_rows(ray_local, tmp_p
     (tmp_path / "retrieve" / "retrieved" / ".part-x-00002.parquet.0a1b2c3d.tmp").write_bytes(b"PAR1 half")
 
     summary = run_retrieve(cfg)
-    assert (summary["skipped"], summary["searched"], summary["records"]) == (16, len(ids) - 16, len(ids))
+    assert (summary.details["skipped"], summary.details["searched"], summary.details["records"]) == \
+        (16, len(ids) - 16, len(ids))
     out = read_retrieved(cfg.output_dir)
     assert out.column("id").to_pylist() == ids  # every id, once
     for name, table in first.items():  # the parts of the killed run are kept as they were
@@ -167,7 +168,7 @@ def test_killed_retrieve_resumes_without_redoing_or_losing_rows(ray_local, tmp_p
     assert not list((tmp_path / "retrieve" / "retrieved").glob("*.tmp"))
     # The same rows as an uninterrupted run.
     fresh = run_retrieve(_retrieve_cfg(tmp_path, output_dir=str(tmp_path / "fresh")))
-    assert fresh["searched"] == len(ids)
+    assert fresh.details["searched"] == len(ids)
     assert read_retrieved(tmp_path / "fresh").select(["id", "passages", "error"]).equals(
         out.select(["id", "passages", "error"]))
 
@@ -175,7 +176,7 @@ def test_killed_retrieve_resumes_without_redoing_or_losing_rows(ray_local, tmp_p
 def test_rerun_searches_again_server_failures_and_refuses_other_settings(ray_local, tmp_path):
     cfg = _retrieve_cfg(tmp_path)
     run_index(IndexConfig(data=cfg.data, retriever=cfg.retriever, output_dir=str(tmp_path / "index")))
-    n = run_retrieve(cfg)["records"]
+    n = run_retrieve(cfg).details["records"]
     part = _parts(tmp_path)[0]
     rows = pq.read_table(part).to_pylist()
     failed = [r["id"] for r in rows[:3]]
@@ -184,7 +185,8 @@ def test_rerun_searches_again_server_failures_and_refuses_other_settings(ray_loc
     pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(part)), part)
 
     again = run_retrieve(cfg)
-    assert (again["retried"], again["searched"], again["skipped"], again["server_failures"]) == (3, 3, n - 3, 0)
+    d = again.details
+    assert (d["retried"], d["searched"], d["skipped"], d["server_failures"]) == (3, 3, n - 3, 0)
     by_id = {r["id"]: r for r in read_retrieved(cfg.output_dir).to_pylist()}
     assert len(by_id) == n and all(by_id[i]["passages"] and by_id[i]["error"] is None for i in failed)
 
@@ -194,5 +196,5 @@ def test_rerun_searches_again_server_failures_and_refuses_other_settings(ray_loc
         run_retrieve(other)
     # ... unless asked to start over.
     over = run_retrieve(dataclasses.replace(other, resume=False))
-    assert (over["searched"], over["skipped"]) == (n, 0)
+    assert (over.details["searched"], over.details["skipped"]) == (n, 0)
     assert all(len(r["passages"]) <= 2 for r in read_retrieved(cfg.output_dir).to_pylist() if r["passages"])

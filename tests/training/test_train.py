@@ -83,8 +83,8 @@ def test_sft_lowers_loss_resumes_where_it_stopped_and_exports(ray_local, demo_di
     # The exported model reloads with from_pretrained, generates, and is not the initial model.
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
-    tok = load_tokenizer(summary["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(summary.details["model_dir"])
+    tok = load_tokenizer(summary.details["model_dir"])
     out = model.generate(**tok(["Query: jaguar\nClarifying question:"], return_tensors="pt"), max_new_tokens=5,
                          do_sample=False)
     assert out.shape[1] > 5
@@ -146,7 +146,7 @@ def test_sft_checkpoints_in_object_storage_and_resumes_from_it(ray_local, demo_d
     assert stored, "no checkpoint in the bucket"
     assert not (tmp_path / "cut" / "ray").exists()  # nothing on the local storage path
     resumed = run_training(cut)
-    assert resumed["checkpoint"].startswith("rac-ckpt/cut/sft/")
+    assert resumed.details["checkpoint"].startswith("rac-ckpt/cut/sft/")
     steps = [m["step"] for m in read_metrics(cut.output_dir)]
     assert steps == list(range(1, total + 1)), "a step was repeated or skipped"
     a, b = (load_file(f"{s['model_dir']}/model.safetensors") for s in (full, resumed))
@@ -179,7 +179,7 @@ def test_rac_zero3_survives_a_killed_worker_and_logs_each_term(ray_local, demo_d
     assert {"eval_loss", "eval_pref_loss", "eval_sft_loss", "eval_reward_margin"} <= set(metrics[-1])
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])  # ZeRO-3 weights gathered
+    model = AutoModelForCausalLM.from_pretrained(summary.details["model_dir"])  # ZeRO-3 weights gathered
     initial = AutoModelForCausalLM.from_pretrained(cfg.model.path)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in initial.parameters())
     assert not torch.equal(model.lm_head.weight, initial.lm_head.weight)
@@ -217,14 +217,14 @@ def test_lora_bf16_trains_merges_exports_reloads_and_generates(ray_local, demo_d
     assert b"train/loss" in events and b"eval/loss" in events  # the TensorBoard sink got the scalars
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(summary.details["model_dir"])
     assert not any("lora" in name for name, _ in model.named_parameters())  # merged, a plain model
     initial = AutoModelForCausalLM.from_pretrained(cfg.model.path)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(model.state_dict()[q], initial.state_dict()[q])  # the adapter's update is in
     torch.testing.assert_close(model.state_dict()["model.embed_tokens.weight"],
                                initial.state_dict()["model.embed_tokens.weight"])  # untargeted weights kept
-    tok = load_tokenizer(summary["model_dir"])
+    tok = load_tokenizer(summary.details["model_dir"])
     out = model.generate(**tok(["Query: jaguar\nClarifying question:"], return_tensors="pt"), max_new_tokens=5,
                          do_sample=False)
     assert out.shape[1] > 5
