@@ -6,8 +6,9 @@ so training sees exactly the ids decoding, evaluation and serving send. The exam
 written once as Hugging Face datasets on the run's storage (``<output_dir>/data``); every
 Ray Train worker memory-maps them and TRL's sampler gives each rank its share:
 
-- SFT: ``input_ids`` and ``completion_mask`` (prompt/completion rows; TRL's
-  ``completion_only_loss`` puts the loss on the question only);
+- SFT: ``input_ids`` and ``labels`` (-100 on the prompt: the loss falls on the question
+  only). TRL takes a ``labels`` column as is, so its trainer maps nothing over the data
+  (a map would hash TRL's label function with dill, which prints its bytecode under Ray);
 - preference pairs: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (the columns TRL's
   ``DPOTrainer`` tokenizes text into).
 
@@ -25,6 +26,8 @@ from rac.models.prompts import build_prompt, completion_text, prompt_token_ids
 
 logger = logging.getLogger(__name__)
 
+#: The label PyTorch's cross-entropy and TRL skip: the prompt's tokens carry it.
+IGNORE_INDEX = -100
 #: Subfolder of a training run's output_dir holding the tokenized datasets.
 DATA_DIR = "data"
 
@@ -58,14 +61,15 @@ def _prompt_ids(tokenizer: Any, row: dict[str, Any], grounded: bool, budget: int
 
 def sft_examples(rows: list[dict[str, Any]], tokenizer: Any, grounded: bool, max_length: int,
                  max_answer_tokens: int) -> list[dict[str, Any]]:
-    """``{id, input_ids, completion_mask, length}`` per row: the loss falls on the question only."""
+    """``{id, input_ids, labels, length}`` per row: the loss falls on the question only (labels -100 on the
+    prompt)."""
     out, trimmed = [], 0
     for row in rows:
         answer = _answer_ids(tokenizer, row["question"], max_answer_tokens)
         prompt, was_trimmed = _prompt_ids(tokenizer, row, grounded, max_length - len(answer))
         trimmed += was_trimmed
         out.append({"id": row["id"], "input_ids": prompt + answer,
-                    "completion_mask": [0] * len(prompt) + [1] * len(answer), "length": len(prompt) + len(answer)})
+                    "labels": [IGNORE_INDEX] * len(prompt) + answer, "length": len(prompt) + len(answer)})
     if trimmed:
         logger.info("passages trimmed to fit max_length=%d in %d of %d rows", max_length, trimmed, len(rows))
     return out
@@ -95,7 +99,7 @@ def example_tokens(example: dict[str, Any], share_prompt: bool = True) -> tuple[
     in a training step: the tokens run through the policy, a pair's prompt once when
     ``share_prompt``, else twice; and those with a label (the questions)."""
     if "input_ids" in example:
-        return len(example["input_ids"]), sum(example["completion_mask"])
+        return len(example["input_ids"]), sum(label != IGNORE_INDEX for label in example["labels"])
     answers = len(example["chosen_ids"]) + len(example["rejected_ids"])
     return len(example["prompt_ids"]) * (1 if share_prompt else 2) + answers, answers
 

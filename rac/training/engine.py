@@ -26,6 +26,7 @@ from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
+from rac.training.data import IGNORE_INDEX
 from rac.training.forward import install_training_forward
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class RACDPOTrainer(_TrainingForward, _GroupedByLength, DPOTrainer):
             handle.remove()
         loss = result[0] if return_outputs else result
         with torch.no_grad():
-            mask = captured["labels"][:, 1:] != -100
+            mask = captured["labels"][:, 1:] != IGNORE_INDEX
             log_probs = captured["log_probs"][:, -mask.size(1):]
             half = mask.size(0) // 2  # batch is [chosen, rejected]
             sft = -log_probs[:half][mask[:half]].mean()

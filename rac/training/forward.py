@@ -30,6 +30,8 @@ from trl.kernels import ChunkedLogProbFunction
 from trl.kernels.chunked_logprob import OPTIONAL_OUTPUTS
 from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx
 
+from rac.training.data import IGNORE_INDEX
+
 #: Vocabulary columns per tile of the log-prob kernel (TRL's own default).
 VOCAB_CHUNK = 32768
 
@@ -66,7 +68,7 @@ def install_training_forward(model: Any, share_prompt: bool) -> None:
         else:
             states = self.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             hidden, targets = states.last_hidden_state[:, :-1], labels[:, 1:]
-        return _log_prob_output(self, hidden, targets, labels[:, 1:] != -100)
+        return _log_prob_output(self, hidden, targets, labels[:, 1:] != IGNORE_INDEX)
 
     model.forward = types.MethodType(forward, model)
     model._rac_training_forward = True

@@ -108,8 +108,32 @@ def test_prompt_tokens_are_masked(setup):
     assert "Passages" in tok.decode(p["prompt_ids"]) and p["length"] == len(p["prompt_ids"]) + len(p["chosen_ids"])
     sft = sft_examples(ROWS, tok, grounded=False, max_length=128, max_answer_tokens=32)[0]
     assert "Passages" not in tok.decode(sft["input_ids"])
-    answer = [i for i, m in zip(sft["input_ids"], sft["completion_mask"], strict=True) if m]
-    assert tok.decode(answer[:-1]).strip() == ROWS[0]["question"] and sft["completion_mask"].count(0) > 5
+    answer = [label for label in sft["labels"] if label != -100]
+    assert answer == sft["input_ids"][-len(answer):] and sft["labels"].count(-100) > 5
+    assert tok.decode(answer[:-1]).strip() == ROWS[0]["question"]
+
+
+def test_trainers_take_the_drivers_datasets_as_they_are(setup, monkeypatch):
+    """TRL maps nothing over the tokenized rows: a map would hash TRL's function with dill,
+    which prints its bytecode into every Ray Train worker's log."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from rac.training.engine import RACSFTTrainer
+
+    tok, policy, ref, pairs, tmp = setup
+
+    def no_map(self, *args, **kwargs):
+        raise AssertionError(f"TRL mapped {args[0] if args else kwargs.get('function')} over the training data")
+
+    monkeypatch.setattr(Dataset, "map", no_map)
+    sft = Dataset.from_list(sft_examples(ROWS, tok, grounded=True, max_length=128, max_answer_tokens=32))
+    args = SFTConfig(output_dir=str(tmp / "sft"), completion_only_loss=True, use_cpu=True, bf16=False,
+                     report_to="none", activation_checkpointing=False, max_length=None)
+    trainer = RACSFTTrainer(model=policy, args=args, train_dataset=sft, processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert batch["labels"][0].tolist() == sft[0]["labels"]
+    assert dpo_trainer(setup, "sigmoid", 0.5, 0.1).train_dataset.column_names == list(pairs[0])
 
 
 def test_length_grouped_order_is_a_function_of_seed_and_epoch():

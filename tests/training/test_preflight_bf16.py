@@ -46,7 +46,7 @@ def test_preflight_warns_with_the_ratio_and_proceeds(sft_inputs, tmp_path, monke
 
 
 def test_step_tokens_count_a_shared_prompt_once():
-    sft = {"input_ids": [1, 2, 3, 4, 5], "completion_mask": [0, 0, 0, 1, 1]}
+    sft = {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, -100, -100, 4, 5]}
     pair = {"prompt_ids": [1] * 10, "chosen_ids": [2] * 3, "rejected_ids": [3] * 4}
     assert example_tokens(sft) == (5, 2)
     assert example_tokens(pair, share_prompt=True) == (10 + 3 + 4, 7)

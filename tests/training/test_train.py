@@ -70,7 +70,7 @@ def test_sft_lowers_loss_resumes_where_it_stopped_and_exports(ray_local, demo_di
     assert "eval_loss" in ref[4] and ref[total]["epoch"] > 1
     # The rows were tokenized once, by the driver, into a dataset on the run's storage.
     train_set = load_dataset_dir(tmp_path / "full" / "data" / "train")
-    assert {"input_ids", "completion_mask", "length"} <= set(train_set.column_names)
+    assert {"input_ids", "labels", "length"} <= set(train_set.column_names)
     # Killed one step past the checkpoint at the epoch boundary, then run again.
     cut = sft_config(demo_dir, tmp_path / "cut", max_steps=total, save_steps=per_epoch)
     with pytest.raises(Exception):  # noqa: B017 - Ray's error type for a dead worker varies
