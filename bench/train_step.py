@@ -155,10 +155,10 @@ def mean_step_tokens(kind: str, config: dict, share_prompt: bool) -> tuple[float
     from rac.config import from_dict
     from rac.training import RACConfig, SFTConfig
     from rac.training.data import example_tokens, load_dataset_dir
-    from rac.training.trainer import DATA_DIR, build_datasets, training_rows
+    from rac.training.trainer import DATA_DIR, build_datasets
 
     cfg = from_dict(RACConfig if kind == "rac" else SFTConfig, config)
-    build_datasets(cfg, training_rows(cfg))
+    build_datasets(cfg, cfg.read_rows())
     counts = [example_tokens(e, share_prompt) for e in load_dataset_dir(Path(cfg.output_dir) / DATA_DIR / "train")]
     return statistics.mean(c[0] for c in counts), statistics.mean(c[1] for c in counts)
 

@@ -7,7 +7,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from rac.config import ConfigError, field_help, nested
 from rac.models.factory import ModelConfig
@@ -43,7 +43,19 @@ class DeepSpeedSection:
 
 @dataclass
 class TrainConfig:
-    """What SFT and the joint objective share."""
+    """What SFT and the joint objective share.
+
+    A kind of training is a subclass that says what differs: its stage name, TRL's config and
+    trainer class, the rows it reads and the examples it shapes them into. The driver
+    (:mod:`rac.training.trainer`) and the workers (:mod:`rac.training.worker`) ask the config,
+    and never test which kind it is. (Methods import TRL and the readers when called: a config
+    is parsed before any of them is needed.)
+    """
+
+    #: Name of the stage in run info and results.
+    stage: ClassVar[str] = "train"
+    #: TRL's training-arguments class of this kind (a field of ``trl``).
+    trl_config: ClassVar[str] = "SFTConfig"
 
     input_dir: str = field_help("outputs/demo/retrieve", storage="path",
                                 help="Directory of the stage output to train on.")
@@ -103,7 +115,23 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_endpoint is the endpoint of an S3-compatible store; set checkpoint_storage "
                               f"to s3://bucket/prefix, got {self.checkpoint_storage!r}")
         if self.trainer_args:
-            check_trainer_args(self.trainer_args, "DPOConfig" if isinstance(self, RACConfig) else "SFTConfig")
+            check_trainer_args(self.trainer_args, self.trl_config)
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        """The rows this kind trains on, sorted by id, error rows left out."""
+        raise NotImplementedError
+
+    def examples(self, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+        """``rows`` as the token ids TRL's trainer of this kind takes (:mod:`rac.training.data`)."""
+        raise NotImplementedError
+
+    def trl_arguments(self) -> dict[str, Any]:
+        """Fields of :attr:`trl_config` this kind sets beyond the shared ones."""
+        return {}
+
+    def trainer(self, **kwargs: Any) -> Any:
+        """TRL's trainer of this kind (the project's subclass, :mod:`rac.training.engine`) on ``kwargs``."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -113,6 +141,29 @@ class SFTConfig(TrainConfig):
     grounded: bool = field_help(True, help="True trains p_theta0 on (query, passages); False p_uncond on the "
                                            "query alone.")
     split: str = field_help("t1", help="Split of the retrieved rows to train on.")
+
+    stage: ClassVar[str] = "train_sft"
+    trl_config: ClassVar[str] = "SFTConfig"
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        """The split's rows with a gold question."""
+        from rac.retrieval import read_retrieved
+
+        rows = read_retrieved(self.input_dir, [self.split], ("id", "query", "passages", "question", "split"))
+        return [r for r in rows.to_pylist() if not r.get("error") and r["question"]]
+
+    def examples(self, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+        from rac.training.data import sft_examples
+
+        return sft_examples(rows, tokenizer, self.grounded, self.max_length, self.max_answer_tokens)
+
+    def trl_arguments(self) -> dict[str, Any]:
+        return {"completion_only_loss": True}
+
+    def trainer(self, **kwargs: Any) -> Any:
+        from rac.training.engine import RACSFTTrainer
+
+        return RACSFTTrainer(**kwargs)
 
 
 @dataclass
@@ -130,6 +181,30 @@ class RACConfig(TrainConfig):
     share_prompt: bool = field_help(
         True, help="Run each pair's prompt once and both questions on its key/value cache, instead of the prompt "
                    "twice (same loss up to float rounding; off with gradient_checkpointing).")
+
+    stage: ClassVar[str] = "train_rac"
+    trl_config: ClassVar[str] = "DPOConfig"
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        """The T2 rows with both a chosen and a rejected question."""
+        from rac.decoding.stage import read_negatives
+
+        rows = read_negatives(self.input_dir, ["id", "query", "passages", "chosen", "rejected"]).to_pylist()
+        return [r for r in rows if not r.get("error") and r["chosen"] and r["rejected"]]
+
+    def examples(self, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+        from rac.training.data import preference_examples
+
+        return preference_examples(rows, tokenizer, self.max_length, self.max_answer_tokens)
+
+    def trl_arguments(self) -> dict[str, Any]:
+        return {"loss_type": [self.loss_type, "sft"], "loss_weights": [self.gamma, 1 - self.gamma],
+                "beta": self.beta, "precompute_ref_log_probs": self.precompute_ref_logps}
+
+    def trainer(self, **kwargs: Any) -> Any:
+        from rac.training.engine import RACDPOTrainer
+
+        return RACDPOTrainer(**kwargs, share_prompt=self.share_prompt)
 
     def __post_init__(self) -> None:
         super().__post_init__()

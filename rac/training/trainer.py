@@ -16,13 +16,7 @@ from rac.models.factory import load_tokenizer, warn_slow_bf16
 from rac.storage import resolve_storage, storage_root
 from rac.training.checkpoints import checkpoint_storage
 from rac.training.config import RACConfig, SFTConfig, TrainConfig
-from rac.training.data import (
-    DATA_DIR,
-    holdout_by_topic,
-    preference_examples,
-    sft_examples,
-    write_dataset,
-)
+from rac.training.data import DATA_DIR, holdout_by_topic, write_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -45,24 +39,6 @@ def check_resources(cfg: TrainConfig) -> None:
                           f"lower scaling.num_workers or set scaling.use_gpu: false")
 
 
-def training_rows(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The rows a training config reads, sorted by id: T2 pairs (``chosen``, ``rejected``) for
-    the joint objective, else the SFT split's questions; error rows are left out.
-
-    Raises ``FileNotFoundError`` or :class:`~rac.data.loaders.DataFormatError` as every stage reader does.
-    """
-    if isinstance(cfg, RACConfig):
-        from rac.decoding.stage import read_negatives
-
-        rows = read_negatives(cfg.input_dir, ["id", "query", "passages", "chosen", "rejected"]).to_pylist()
-        return [r for r in rows if not r.get("error") and r["chosen"] and r["rejected"]]
-    assert isinstance(cfg, SFTConfig)
-    from rac.retrieval import read_retrieved
-
-    rows = read_retrieved(cfg.input_dir, [cfg.split], ("id", "query", "passages", "question", "split")).to_pylist()
-    return [r for r in rows if not r.get("error") and r["question"]]
-
-
 def global_batch_size(cfg: TrainConfig) -> int:
     return cfg.scaling.num_workers * cfg.per_worker_batch_size * cfg.gradient_accumulation_steps
 
@@ -75,22 +51,18 @@ def steps_per_epoch(cfg: TrainConfig, num_train: int) -> int:
 
 
 def build_datasets(cfg: TrainConfig, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Tokenize ``rows`` (:func:`training_rows`) once into ``<output_dir>/data/{train,eval}``;
+    """Tokenize ``rows`` (``cfg.read_rows()``) once into ``<output_dir>/data/{train,eval}``;
     returns row counts.
 
     Eval rows are held out by topic (``eval_fraction``); the workers read these datasets.
     """
     tokenizer = load_tokenizer(cfg.model.path, padding_side="right")
     train_rows, eval_rows = holdout_by_topic(rows, cfg.eval_fraction, cfg.seed)
-    if isinstance(cfg, RACConfig):
-        make = lambda rs: preference_examples(rs, tokenizer, cfg.max_length, cfg.max_answer_tokens)  # noqa: E731
-    else:
-        make = lambda rs: sft_examples(rs, tokenizer, cfg.grounded, cfg.max_length, cfg.max_answer_tokens)  # noqa: E731
     data = Path(cfg.output_dir) / DATA_DIR
     data.mkdir(parents=True, exist_ok=True)
-    write_dataset(make(train_rows), data / "train")
+    write_dataset(cfg.examples(train_rows, tokenizer), data / "train")
     if eval_rows:
-        write_dataset(make(eval_rows), data / "eval")
+        write_dataset(cfg.examples(eval_rows, tokenizer), data / "eval")
     else:
         import shutil
 
@@ -106,7 +78,7 @@ def preflight(cfg: TrainConfig) -> list[dict[str, Any]]:
     """
     cfg.model.check_exists()
     warn_slow_bf16(cfg.model.dtype, cfg.scaling.use_gpu)
-    rows = training_rows(cfg)
+    rows = cfg.read_rows()
     if len(rows) < global_batch_size(cfg):
         raise ConfigError(f"{len(rows)} training rows in {cfg.input_dir}, fewer than one global batch "
                           f"({global_batch_size(cfg)} = workers x per_worker_batch_size x accumulation); "
@@ -134,7 +106,7 @@ def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> StageResu
     rows = len(usable)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stage = "train_rac" if isinstance(cfg, RACConfig) else "train_sft"
+    stage = cfg.stage
     counts = build_datasets(cfg, usable)
     write_run_info(out, stage, cfg, rows=rows, examples=counts)
     fs, storage_path = checkpoint_storage(cfg)

@@ -22,7 +22,7 @@ from typing import Any
 from rac.models.factory import load_model, load_tokenizer, peft_config, resolve_dtype
 from rac.placement import record_placement
 from rac.training.checkpoints import checkpoint_step, latest_checkpoint
-from rac.training.config import RACConfig, TrainConfig
+from rac.training.config import TrainConfig
 from rac.training.data import DATA_DIR, load_dataset_dir
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any] | None:
 
 
 def trainer_arguments(cfg: TrainConfig, local_dir: str, precision: str, has_eval: bool) -> Any:
-    """TRL's SFTConfig or DPOConfig for ``cfg`` (``cfg.trainer_args`` passed through last)."""
-    from trl import DPOConfig, SFTConfig
+    """TRL's training arguments of ``cfg``'s kind (``cfg.trl_config``), ``cfg.trainer_args`` passed through last."""
+    import trl
 
     ds = deepspeed_config(cfg)
     kwargs: dict[str, Any] = dict(
@@ -72,12 +72,7 @@ def trainer_arguments(cfg: TrainConfig, local_dir: str, precision: str, has_eval
     if ds is not None:
         # Ray Train started the process group; accelerate's state was configured for it.
         kwargs["accelerator_config"] = {"use_configured_state": True}
-    if isinstance(cfg, RACConfig):
-        kwargs.update(loss_type=[cfg.loss_type, "sft"], loss_weights=[cfg.gamma, 1 - cfg.gamma], beta=cfg.beta,
-                      precompute_ref_log_probs=cfg.precompute_ref_logps)
-        return DPOConfig(**{**kwargs, **cfg.trainer_args})
-    kwargs.update(completion_only_loss=True)
-    return SFTConfig(**{**kwargs, **cfg.trainer_args})
+    return getattr(trl, cfg.trl_config)(**{**kwargs, **cfg.trl_arguments(), **cfg.trainer_args})
 
 
 def _configure_accelerate(cfg: TrainConfig) -> None:
@@ -104,8 +99,6 @@ def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any
     """The TRL trainer of ``cfg`` on the tokenized datasets under ``<output_dir>/data``."""
     from transformers import PrinterCallback
 
-    from rac.training.engine import RACDPOTrainer, RACSFTTrainer
-
     data = Path(cfg.output_dir) / DATA_DIR
     train, evaluation = load_dataset_dir(data / "train"), load_dataset_dir(data / "eval")
     precision = resolve_dtype(cfg.model.dtype, cfg.scaling.use_gpu)
@@ -114,11 +107,9 @@ def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any
     # Weights stay float32 (the optimizer's master copy); bf16/fp16 run as autocast.
     model = load_model(dataclasses.replace(cfg.model, dtype="float32"))
     model.config.use_cache = False
-    cls, extra = (RACDPOTrainer, {"share_prompt": cfg.share_prompt}) if isinstance(cfg, RACConfig) else (
-        RACSFTTrainer, {})
-    trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-                  callbacks=callbacks, peft_config=peft_config(cfg.model.lora) if cfg.model.lora.enabled else None,
-                  **extra)
+    trainer = cfg.trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                          processing_class=tokenizer, callbacks=callbacks,
+                          peft_config=peft_config(cfg.model.lora) if cfg.model.lora.enabled else None)
     trainer.remove_callback(PrinterCallback)  # MetricsCallback logs each step to the console already
     return trainer
 

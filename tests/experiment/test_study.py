@@ -39,11 +39,9 @@ class FakeTraining:
         self.fail_on: str | None = None
 
     def __call__(self, cfg):
-        from rac.training.trainer import training_rows
-
         if self.fail_on and self.fail_on in cfg.output_dir:
             raise Interrupted(cfg.output_dir)
-        rows = training_rows(cfg)
+        rows = cfg.read_rows()
         self.calls.append((cfg.output_dir, [r["id"] for r in rows]))
         seed = int(hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:6], 16)
         save_tiny_model(Path(cfg.output_dir) / "model", seed=seed, tokenizer=self.tokenizer, weight_std=0.2)

@@ -19,7 +19,7 @@ from rac.testing.tiny import save_tiny_model
 from rac.training import RACConfig, SFTConfig, read_metrics, run_training
 from rac.training.config import DeepSpeedSection, ScalingSection
 from rac.training.data import load_dataset_dir
-from rac.training.trainer import holdout_by_topic, steps_per_epoch, training_rows
+from rac.training.trainer import holdout_by_topic, steps_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def sft_config(demo_dir, out, **kw):
 
 def test_sft_lowers_loss_resumes_where_it_stopped_and_exports(ray_local, demo_dir, tmp_path):
     probe = sft_config(demo_dir, tmp_path / "probe")
-    per_epoch = steps_per_epoch(probe, len(holdout_by_topic(training_rows(probe), probe.eval_fraction, probe.seed)[0]))
+    per_epoch = steps_per_epoch(probe, len(holdout_by_topic(probe.read_rows(), probe.eval_fraction, probe.seed)[0]))
     assert per_epoch >= 3
     total = per_epoch + 3
     # Uninterrupted run.
@@ -128,7 +128,7 @@ def test_sft_checkpoints_in_object_storage_and_resumes_from_it(ray_local, demo_d
     from safetensors.torch import load_file
 
     probe = sft_config(demo_dir, tmp_path / "probe")
-    per_epoch = steps_per_epoch(probe, len(holdout_by_topic(training_rows(probe), probe.eval_fraction, probe.seed)[0]))
+    per_epoch = steps_per_epoch(probe, len(holdout_by_topic(probe.read_rows(), probe.eval_fraction, probe.seed)[0]))
     total = per_epoch + 2
 
     def cfg(name):
