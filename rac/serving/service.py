@@ -26,6 +26,12 @@ logger = logging.getLogger(__name__)
 #: What /readyz shows for an optional component that is not configured (it does not make the app unready).
 NOT_CONFIGURED = "not configured"
 
+#: ``status`` of an answer with a clarifying question, and of one where retrieval found no passage
+#: (no question is generated: one without passages would not be grounded in any).
+ANSWERED, NO_PASSAGES = "answered", "no_passages"
+#: The detector's fields of an answer it did not score.
+_NOT_DETECTED = {"unsupported_spans": None, "detector_support": None}
+
 #: ``async generate(prompt, max_new_tokens) -> question``: the generator deployment, or a stand-in.
 GenerateFn = Callable[[str, int], Awaitable[str]]
 
@@ -149,19 +155,20 @@ class ClarifyService:
     async def unsupported_spans(self, question: str, passages: list[dict[str, Any]]) -> dict[str, Any]:
         """``{unsupported_spans, detector_support}`` of ``question``; both None without a detector."""
         if self.detector is None:
-            return {"unsupported_spans": None, "detector_support": None}
+            return dict(_NOT_DETECTED)
         loop = asyncio.get_running_loop()
         try:
             (result,) = await loop.run_in_executor(self._detector_pool, self.detector.score, [question], [passages])
         except Exception:
             # As with grounding: a scoring failure must not cost the user their question.
             logger.exception("detector failed")
-            return {"unsupported_spans": None, "detector_support": None}
+            return dict(_NOT_DETECTED)
         return {"unsupported_spans": result.spans(self.detector_threshold),
                 "detector_support": round(float(result.support), 4)}
 
     async def clarify(self, query: str, top_k: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
-        """The clarifying question for ``query`` with its passages, grounding and latency.
+        """The clarifying question for ``query`` with its passages, grounding and latency; when
+        retrieval finds no passage, status ``no_passages`` and no question.
 
         Raises
         ------
@@ -175,11 +182,19 @@ class ClarifyService:
         top_k = top_k or self.cfg.retriever.top_k
         max_new_tokens = max_new_tokens or self.cfg.generator.max_new_tokens
         passages = await self.retrieve(query, top_k)
+        if not passages:
+            # A question from the prompt without passages would be ungrounded, yet look like a grounded one.
+            return self._answer(NO_PASSAGES, None, [], None, dict(_NOT_DETECTED), t0)
         prompt = await self._in_pool(self.prompt, query, passages)
         question = await self.generate(prompt, max_new_tokens)
         grounding, detected = await asyncio.gather(self.grounding(question, passages),
                                                    self.unsupported_spans(question, passages))
-        return {"question": question, "passages": passages, "model": self.cfg.served_model_name,
+        return self._answer(ANSWERED, question, passages, grounding, detected, t0)
+
+    def _answer(self, status: str, question: str | None, passages: list[dict[str, Any]],
+                grounding: dict[str, float] | None, detected: dict[str, Any], t0: float) -> dict[str, Any]:
+        """The body of ``POST /v1/clarify`` (:class:`rac.serving.schemas.ClarifyResponse`)."""
+        return {"status": status, "question": question, "passages": passages, "model": self.cfg.served_model_name,
                 "grounding": grounding, **detected, "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     async def ready(self, check_generator: Callable[[], Awaitable[Any]] | None = None) -> dict[str, str]:
