@@ -19,6 +19,7 @@ from typing import Any
 
 from rac.models.prompts import PromptTooLongError, build_prompt
 from rac.retrieval.base import RetrievalError, Retriever, query_error
+from rac.serving.admission import GenerationQueue, Overloaded
 from rac.serving.config import ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class ClarifyService:
         self.retriever = retriever
         self.tokenizer = tokenizer
         self._generate = generate
+        self.queue = GenerationQueue(
+            cfg.generator.max_batch_size, cfg.generator.deployment.autoscaling.max_replicas,
+            cfg.ingress.generation_timeout_s, cfg.ingress.generation_time_smoothing, shed=cfg.ingress.shed_load)
         # Searches run in threads of their own: a hung backend can hold at most these,
         # and the event loop (health checks, other requests) never waits on a socket.
         self._pool = ThreadPoolExecutor(max_workers=cfg.ingress.retrieval_threads, thread_name_prefix="retrieval")
@@ -133,9 +137,17 @@ class ClarifyService:
                                     f"{self.cfg.generator.max_prompt_tokens} tokens", field="query") from None
 
     async def generate(self, prompt: str, max_new_tokens: int) -> str:
+        """The question for ``prompt`` within ``ingress.generation_timeout_s``; refused at once
+        (503, Retry-After) when the queue is not expected to finish it in that time."""
         timeout = self.cfg.ingress.generation_timeout_s
         try:
-            return await asyncio.wait_for(self._generate(prompt, max_new_tokens), timeout)
+            with self.queue.admit():
+                return await asyncio.wait_for(self._generate(prompt, max_new_tokens), timeout)
+        except Overloaded as e:
+            logger.info("shed a request: generation %s (%d in flight)", e, self.queue.in_flight)
+            raise ServingError(503, f"the generator is overloaded: this request would wait about "
+                                    f"{e.expected_s:.0f}s, more than the {timeout:g}s limit; retry later",
+                               retry_after_s=e.retry_after_s) from None
         except TimeoutError:
             logger.warning("generation did not finish within %.1fs", timeout)
             raise ServingError(504, f"the generator did not answer within {timeout:g}s") from None
@@ -173,7 +185,8 @@ class ClarifyService:
         Raises
         ------
         ServingError
-            422 for a query that cannot be searched, 502/503/504 when a backend fails or is slow.
+            422 for a query that cannot be searched, 502/503/504 when a backend fails or is slow,
+            503 at once when the generator's queue would not answer within the timeout.
         """
         t0 = time.perf_counter()
         error = query_error(query, self.cfg.retriever.max_query_chars)

@@ -1,0 +1,133 @@
+"""Admission control of the ingress: refuse at once a request the generator cannot answer in time.
+
+Without it, a request that joins a queue longer than ``ingress.generation_timeout_s`` waits
+out the whole timeout and gets 504. :class:`GenerationQueue` counts the generations this
+ingress replica has in flight and keeps a moving average (EWMA) of the time one generator
+*wave* takes: one batched ``generate`` of up to ``batch_size`` prompts. A generator replica
+runs one wave at a time and a prompt cannot join a running one, so a request sent now to
+the least loaded of ``replicas`` finishes after the wave that runs there, the waves queued
+before it and its own:
+
+    ahead = in_flight // replicas         (generations ahead on the least loaded replica)
+    expected_s = wave_s                    when ahead is 0, else
+    expected_s = (ceil(ahead / batch_size) + 1) * wave_s - min(age of the oldest in flight, wave_s)
+
+When that exceeds the deadline, :meth:`GenerationQueue.admit` raises :class:`Overloaded`
+(the ingress answers 503 with ``Retry-After``: the seconds until enough of the queue has
+drained). Each finished generation gives one measurement, its latency divided by the waves
+it was expected to wait; one that timed out gives a lower bound, so a model slower than the
+estimate raises it instead of letting requests run into 504 one after another. Until the
+first generation is measured every request is admitted. Each ingress replica counts only the
+requests it sent, so with several the estimate is low (it sheds later, never earlier).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class Overloaded(Exception):
+    """A generation sent now is expected to finish after the deadline.
+
+    Attributes
+    ----------
+    expected_s
+        Seconds the generation was expected to take, queueing included.
+    retry_after_s
+        Whole seconds until, with no new arrivals, the queue would finish it in time (at least 1).
+    """
+
+    def __init__(self, expected_s: float, deadline_s: float):
+        super().__init__(f"expected to take {expected_s:.1f}s, over the deadline of {deadline_s:g}s")
+        self.expected_s = expected_s
+        self.retry_after_s = max(1, math.ceil(expected_s - deadline_s))
+
+
+class GenerationQueue:
+    """Generations in flight from this ingress, and the measured time of one generator wave.
+
+    Parameters
+    ----------
+    batch_size
+        Prompts one generator replica generates together at most (``generator.max_batch_size``).
+    replicas
+        Generator replicas (the most the deployment scales to).
+    deadline_s
+        Seconds a generation may take, queueing included (``ingress.generation_timeout_s``).
+    smoothing
+        Weight of the newest measurement in the moving average of the wave time, in (0, 1].
+    shed
+        False: admit every request (the estimate is still kept).
+    clock
+        Monotonic seconds (a test passes its own).
+    """
+
+    def __init__(self, batch_size: int, replicas: int, deadline_s: float, smoothing: float = 0.3, shed: bool = True,
+                 clock: Callable[[], float] = time.monotonic):
+        if batch_size < 1 or replicas < 1:
+            raise ValueError(f"batch_size and replicas must be at least 1, got {batch_size} and {replicas}")
+        self.batch_size = batch_size
+        self.replicas = replicas
+        self.deadline_s = deadline_s
+        self.smoothing = smoothing
+        self.shed = shed
+        self.wave_s: float | None = None
+        self._clock = clock
+        self._started: dict[int, float] = {}  # in flight, oldest first: ticket -> start time
+        self._tickets = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._started)
+
+    def _expected_waves(self, now: float) -> float:
+        """Waves (in units of ``wave_s``) a generation sent at ``now`` waits, its own included."""
+        ahead = len(self._started) // self.replicas
+        if not ahead:
+            return 1.0
+        waves = math.ceil(ahead / self.batch_size) + 1.0
+        if self.wave_s:
+            # The oldest generation in flight is in the running wave, which is partly done.
+            oldest = next(iter(self._started.values()))
+            waves -= min(now - oldest, self.wave_s) / self.wave_s
+        return waves
+
+    def expected_s(self) -> float | None:
+        """Seconds a generation sent now is expected to take (None until one was measured)."""
+        if self.wave_s is None:
+            return None
+        return self._expected_waves(self._clock()) * self.wave_s
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a place in the queue for one generation, run inside the ``with`` block.
+
+        Raises
+        ------
+        Overloaded
+            Before the block runs, when the generation is expected to finish after the deadline.
+        """
+        now = self._clock()
+        waves = self._expected_waves(now)
+        if self.shed and self.wave_s is not None and waves * self.wave_s > self.deadline_s:
+            raise Overloaded(waves * self.wave_s, self.deadline_s)
+        ticket = next(self._tickets)
+        self._started[ticket] = now
+        measured = False
+        try:
+            yield
+            measured = True
+        except TimeoutError:
+            measured = True  # its latency is a lower bound of the real one: still worth counting
+            raise
+        finally:
+            del self._started[ticket]
+            if measured:
+                self._record((self._clock() - now) / waves)
+
+    def _record(self, wave_s: float) -> None:
+        self.wave_s = wave_s if self.wave_s is None else self.wave_s + self.smoothing * (wave_s - self.wave_s)
