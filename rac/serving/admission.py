@@ -3,20 +3,24 @@
 Without it, a request that joins a queue longer than ``ingress.generation_timeout_s`` waits
 out the whole timeout and gets 504. :class:`GenerationQueue` counts the generations this
 ingress replica has in flight and keeps a moving average (EWMA) of the time one generator
-*wave* takes: one batched ``generate`` of up to ``batch_size`` prompts. A generator replica
-runs one wave at a time and a prompt cannot join a running one, so a request sent now to
-the least loaded of ``replicas`` finishes after the wave that runs there, the waves queued
-before it and its own:
+*wave* takes: one batched ``generate`` of up to ``batch_size`` prompts. The generations in
+flight fill waves in their order (those that arrive together are batched together), so a
+request sent now to the least loaded of ``replicas`` ends with the wave it falls into, of
+which the first has been under way since the oldest generation in flight started:
 
-    ahead = in_flight // replicas         (generations ahead on the least loaded replica)
-    expected_s = wave_s                    when ahead is 0, else
-    expected_s = (ceil(ahead / batch_size) + 1) * wave_s - min(age of the oldest in flight, wave_s)
+    ahead = in_flight // replicas        (generations ahead of it on the least loaded replica)
+    waves = max(1, ceil((ahead + 1) / batch_size) - min(age of the oldest in flight, wave_s) / wave_s)
+    expected_s = waves * wave_s          (with nothing ahead: one wave)
+
+A request that arrives while a wave already generates cannot join it; the estimate counts it
+in that wave anyway, so it errs towards admitting (a late request gets 504, as without
+shedding) rather than towards refusing one that would have been answered.
 
 When that exceeds the deadline, :meth:`GenerationQueue.admit` raises :class:`Overloaded`
 (the ingress answers 503 with ``Retry-After``: the seconds until enough of the queue has
 drained). Each finished generation gives one measurement, its latency divided by the waves
-it was expected to wait; one that timed out gives a lower bound, so a model slower than the
-estimate raises it instead of letting requests run into 504 one after another. Until the
+it was expected to wait; one that timed out gives a lower bound, which raises an estimate
+below it (a model slower than estimated) and leaves one above it alone. Until the
 first generation is measured every request is admitted. Each ingress replica counts only the
 requests it sent, so with several the estimate is low (it sheds later, never earlier).
 """
@@ -89,12 +93,12 @@ class GenerationQueue:
         ahead = len(self._started) // self.replicas
         if not ahead:
             return 1.0
-        waves = math.ceil(ahead / self.batch_size) + 1.0
+        waves = float(math.ceil((ahead + 1) / self.batch_size))
         if self.wave_s:
-            # The oldest generation in flight is in the running wave, which is partly done.
+            # The first wave, the oldest generation's, is partly done.
             oldest = next(iter(self._started.values()))
             waves -= min(now - oldest, self.wave_s) / self.wave_s
-        return waves
+        return max(1.0, waves)
 
     def expected_s(self) -> float | None:
         """Seconds a generation sent now is expected to take (None until one was measured)."""
@@ -117,17 +121,21 @@ class GenerationQueue:
             raise Overloaded(waves * self.wave_s, self.deadline_s)
         ticket = next(self._tickets)
         self._started[ticket] = now
-        measured = False
+        outcome = "failed"
         try:
             yield
-            measured = True
+            outcome = "answered"
         except TimeoutError:
-            measured = True  # its latency is a lower bound of the real one: still worth counting
+            outcome = "timed out"
             raise
         finally:
             del self._started[ticket]
-            if measured:
-                self._record((self._clock() - now) / waves)
+            if outcome != "failed":
+                self._record((self._clock() - now) / waves, lower_bound=outcome == "timed out")
 
-    def _record(self, wave_s: float) -> None:
-        self.wave_s = wave_s if self.wave_s is None else self.wave_s + self.smoothing * (wave_s - self.wave_s)
+    def _record(self, wave_s: float, lower_bound: bool = False) -> None:
+        if self.wave_s is None:
+            self.wave_s = wave_s
+        elif not lower_bound or wave_s > self.wave_s:
+            # A timed-out generation took longer than it shows: it can only say the estimate is low.
+            self.wave_s += self.smoothing * (wave_s - self.wave_s)

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import pytest
 
@@ -42,12 +43,12 @@ def test_unmeasured_queue_admits_everything():
 
 def test_request_behind_a_full_wave_is_refused_with_retry_after():
     clock = Clock()
-    queue = GenerationQueue(batch_size=2, replicas=1, deadline_s=3.0, clock=clock)
+    queue = GenerationQueue(batch_size=1, replicas=1, deadline_s=3.0, clock=clock)
     _measure(queue, clock, 2.0)
     assert queue.wave_s == 2.0 and queue.expected_s() == 2.0
     with queue.admit():
         clock.now += 0.5
-        # One generating (1.5 s left), none queued: the next waits for the next wave, 3.5 s in all.
+        # One generating (1.5 s left) fills the wave: the next waits for the next wave, 3.5 s in all.
         assert queue.expected_s() == pytest.approx(3.5)
         with pytest.raises(Overloaded) as info:
             with queue.admit():
@@ -59,9 +60,9 @@ def test_request_behind_a_full_wave_is_refused_with_retry_after():
             pass
 
 
-def test_requests_spread_over_replicas_and_batches():
+def test_requests_fill_waves_of_the_batch_size_on_every_replica():
     clock = Clock()
-    queue = GenerationQueue(batch_size=4, replicas=2, deadline_s=5.0, clock=clock)
+    queue = GenerationQueue(batch_size=1, replicas=2, deadline_s=5.0, clock=clock)
     _measure(queue, clock, 2.0)
     with queue.admit():
         # One in flight, two replicas: the other replica is idle.
@@ -69,6 +70,23 @@ def test_requests_spread_over_replicas_and_batches():
         with queue.admit():
             # Each replica busy with one: the next wave, 4 s.
             assert queue.expected_s() == pytest.approx(4.0)
+    batched = GenerationQueue(batch_size=4, replicas=1, deadline_s=3.0, clock=clock)
+    _measure(batched, clock, 2.0)
+    with ExitStack() as stack:
+        for _ in range(3):
+            stack.enter_context(batched.admit())
+        # Arrived together, the fourth is batched with the first three ...
+        assert batched.expected_s() == 2.0
+        stack.enter_context(batched.admit())
+        # ... and the fifth falls into the second wave: refused.
+        assert batched.expected_s() == pytest.approx(4.0)
+        with pytest.raises(Overloaded), batched.admit():
+            pass
+        clock.now += 1.5
+        assert batched.expected_s() == pytest.approx(2.5)
+        # A wave that should have ended: whatever is left, a request takes at least a wave.
+        clock.now += 10
+        assert batched.expected_s() == 2.0
 
 
 def test_measurements_follow_the_load():
@@ -80,6 +98,11 @@ def test_measurements_follow_the_load():
     # A generation that timed out counts with its latency (a lower bound of the real one).
     with pytest.raises(TimeoutError), queue.admit():
         clock.now += 7.0
+        raise TimeoutError
+    assert queue.wave_s == pytest.approx(5.0)
+    # ... which cannot lower the estimate.
+    with pytest.raises(TimeoutError), queue.admit():
+        clock.now += 1.0
         raise TimeoutError
     assert queue.wave_s == pytest.approx(5.0)
     # One that failed says nothing about the time a wave takes.
