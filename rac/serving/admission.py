@@ -12,16 +12,17 @@ which the first has been under way since the oldest generation in flight started
     waves = max(1, ceil((ahead + 1) / batch_size) - min(age of the oldest in flight, wave_s) / wave_s)
     expected_s = waves * wave_s          (with nothing ahead: one wave)
 
-A request that arrives while a wave already generates cannot join it; the estimate counts it
-in that wave anyway, so it errs towards admitting (a late request gets 504, as without
-shedding) rather than towards refusing one that would have been answered.
-
 When that exceeds the deadline, :meth:`GenerationQueue.admit` raises :class:`Overloaded`
 (the ingress answers 503 with ``Retry-After``: the seconds until enough of the queue has
-drained). Each finished generation gives one measurement, its latency divided by the waves
-it was expected to wait; one that timed out gives a lower bound, which raises an estimate
+drained). A request that arrives while a wave already generates cannot join it; the
+estimate counts it in that wave anyway, so it errs towards admitting (a late request gets
+504, as without shedding) rather than towards refusing one that would have been answered.
+
+Each finished generation gives one measurement, its latency divided by the waves it was
+expected to wait; one that timed out gives a lower bound, which raises an estimate
 below it (a model slower than estimated) and leaves one above it alone. Until the
-first generation is measured every request is admitted. Each ingress replica counts only the
+first generation is measured every request is admitted, and so is one sent while nothing is
+in flight: it measures the generator again, so shedding ends when the load does. Each ingress replica counts only the
 requests it sent, so with several the estimate is low (it sheds later, never earlier).
 """
 
@@ -117,7 +118,9 @@ class GenerationQueue:
         """
         now = self._clock()
         waves = self._expected_waves(now)
-        if self.shed and self.wave_s is not None and waves * self.wave_s > self.deadline_s:
+        # With nothing in flight a request is always tried: otherwise an estimate over the deadline,
+        # never measured again, would refuse every request after the load has gone.
+        if self.shed and self._started and self.wave_s is not None and waves * self.wave_s > self.deadline_s:
             raise Overloaded(waves * self.wave_s, self.deadline_s)
         ticket = next(self._tickets)
         self._started[ticket] = now

@@ -112,6 +112,17 @@ def test_measurements_follow_the_load():
     assert queue.wave_s == pytest.approx(5.0) and queue.in_flight == 0
 
 
+def test_idle_generator_is_tried_even_when_slower_than_the_deadline():
+    clock = Clock()
+    queue = GenerationQueue(batch_size=1, replicas=1, deadline_s=3.0, clock=clock)
+    _measure(queue, clock, 10.0)
+    with queue.admit():  # nothing in flight: tried, and measured again
+        with pytest.raises(Overloaded), queue.admit():
+            pass
+        clock.now += 1.0
+    assert queue.wave_s < 10.0  # the load has gone: the estimate follows
+
+
 def test_shedding_off_admits_what_is_expected_late():
     clock = Clock()
     queue = GenerationQueue(batch_size=1, replicas=1, deadline_s=1.0, shed=False, clock=clock)
