@@ -25,6 +25,15 @@ same for 16 rows as for one, as on a GPU. The prompt's prefill is compute-bound 
 gains little, so wide models (hidden 256 and up) and long prompts (``--top-k``) shrink the
 gain. ``--model`` takes any exported model directory, e.g. ``outputs/models/smollm2-135m-instruct``.
 
+``--burst N`` measures overload instead: every batch size is deployed twice, with load
+shedding on and off (``ingress.shed_load``), with ``--generation-timeout-s`` as the
+deadline (``--batch-delay-s`` makes every generator batch that much slower, to stand for
+a bigger model or busier cores). Each is sent ``N`` requests at once, ``--bursts`` times
+after one warm-up burst (which gives the ingress its first measurement; reported as
+``cold``), and the JSON holds, per variant, the count of each status and the latency of
+each status (p50 and max, ms): with shedding the requests the queue cannot finish in time
+get 503 at once, without it they get 504 at the timeout.
+
 ``--detector DIR`` deploys every batch size twice, without and with the unsupported-span
 detector (``detector.path``, precision ``--detector-precision``), and adds
 ``detector_added_p50_ms`` per (batch size, concurrency): p50 with it minus p50 without it
@@ -107,6 +116,31 @@ async def closed_loop(url: str, queries: list[str], concurrency: int, duration: 
             "p99_ms": round(1000 * percentile(latencies, 0.99), 1), "errors": errors}
 
 
+async def burst(url: str, queries: list[str], n: int, max_new_tokens: int) -> dict[str, Any]:
+    """``n`` requests sent at once: per status, the count and the latency (p50, max; ms)."""
+    import aiohttp
+
+    async def one(i: int, session: aiohttp.ClientSession) -> tuple[str, float]:
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, json={"query": queries[i % len(queries)],
+                                               "max_new_tokens": max_new_tokens}) as resp:
+                await resp.read()
+                status = str(resp.status)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            status = type(e).__name__
+        return status, time.perf_counter() - t0
+
+    connector = aiohttp.TCPConnector(limit=n)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        answers = await asyncio.gather(*(one(i, session) for i in range(n)))
+    by_status: dict[str, list[float]] = {}
+    for status, seconds in answers:
+        by_status.setdefault(status, []).append(seconds)
+    return {status: {"count": len(v), "p50_ms": round(1000 * percentile(v, 0.5), 1),
+                     "max_ms": round(1000 * max(v), 1)} for status, v in sorted(by_status.items())}
+
+
 def get_json(url: str) -> dict[str, Any]:
     import urllib.request
 
@@ -115,7 +149,7 @@ def get_json(url: str) -> dict[str, Any]:
 
 
 def app_args(model: str, index_dir: str, batch_size: int, args: argparse.Namespace,
-             detector: bool = False) -> dict[str, Any]:
+             detector: bool = False, shed_load: bool = True) -> dict[str, Any]:
     return {
         "detector": {"path": str(Path(args.detector).resolve()) if detector else None,
                      "precision": args.detector_precision},
@@ -124,14 +158,42 @@ def app_args(model: str, index_dir: str, batch_size: int, args: argparse.Namespa
         "generator": {
             "max_batch_size": batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
             "max_new_tokens": args.max_new_tokens, "torch_threads": args.torch_threads,
+            "test_delay_s": args.batch_delay_s,
             # Logical CPUs only (both variants are deployed side by side); torch_threads sets the real use.
             "deployment": {"num_cpus": 0.5, "max_ongoing_requests": max(2, 2 * batch_size), "max_queued_requests": -1,
                            "autoscaling": {"min_replicas": 1, "max_replicas": 1}}},
-        "ingress": {"generation_timeout_s": 300, "deployment": {
+        "ingress": {"generation_timeout_s": args.generation_timeout_s, "shed_load": shed_load, "deployment": {
             "num_cpus": 0.25, "max_ongoing_requests": 256, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}},
         "limits": {"max_new_tokens": max(64, args.max_new_tokens), "max_top_k": max(20, args.top_k)},
         "auth": {"api_key_env": "RAC_BENCH_NO_KEY"},
     }
+
+
+def overload(args: argparse.Namespace, base: str, model: str, index_dir: str, queries: list[str]) -> dict[str, Any]:
+    """``--burst``: every batch size with shedding on and off, ``args.burst`` requests at once."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    variants = [(bs, shed) for bs in args.batch_sizes for shed in (True, False)]
+    route = {v: f"/bs{v[0]}-" + ("shed" if v[1] else "noshed") for v in variants}
+    serve.run_many([serve.RunTarget(build_app(app_args(model, index_dir, bs, args, shed_load=shed)),
+                                    name="bench" + route[(bs, shed)].replace("/", "-"), route_prefix=route[(bs, shed)])
+                    for bs, shed in variants])
+    cold: dict[str, Any] = {}
+    for v in variants:
+        cold[route[v].lstrip("/")] = asyncio.run(burst(f"{base}{route[v]}/v1/clarify", queries, args.burst,
+                                                       args.max_new_tokens))
+        print(json.dumps({"cold": route[v], **cold[route[v].lstrip("/")]}), file=sys.stderr)
+    measured: dict[str, list[Any]] = {route[v].lstrip("/"): [] for v in variants}
+    for _ in range(args.bursts):
+        for v in variants:  # alternate, so a load change hits every variant alike
+            point = asyncio.run(burst(f"{base}{route[v]}/v1/clarify", queries, args.burst, args.max_new_tokens))
+            point["load_average_1m"] = round(os.getloadavg()[0], 2)
+            print(json.dumps({"variant": route[v], **point}), file=sys.stderr)
+            measured[route[v].lstrip("/")].append(point)
+    return {"burst": args.burst, "generation_timeout_s": args.generation_timeout_s,
+            "batch_delay_s": args.batch_delay_s, "cold": cold, "bursts": measured}
 
 
 def main() -> None:
@@ -152,6 +214,13 @@ def main() -> None:
     parser.add_argument("--detector", help="Exported unsupported-span detector: measure every point without and "
                                            "with it (jobs.train_detector's <output_dir>/model).")
     parser.add_argument("--detector-precision", default="int8", choices=["float32", "bfloat16", "int8"])
+    parser.add_argument("--burst", type=int, help="Measure overload: this many requests at once, with load shedding "
+                                                  "on and off, instead of the closed loop.")
+    parser.add_argument("--bursts", type=int, default=2, help="Bursts measured per variant after the warm-up one.")
+    parser.add_argument("--generation-timeout-s", type=float, default=300.0,
+                        help="ingress.generation_timeout_s: the deadline shedding keeps to.")
+    parser.add_argument("--batch-delay-s", type=float, default=0.0,
+                        help="Seconds added to every generator batch (generator.test_delay_s).")
     args = parser.parse_args()
     # Libraries print to stdout (DeepSpeed's accelerator notice, Ray's forwarded messages,
     # blank lines from native code); keep stdout for the JSON alone, at the descriptor level.
@@ -192,6 +261,16 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     results = []
+    if args.burst:
+        try:
+            report = overload(args, base, model, index_dir, queries)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        print(json.dumps({"model": model_name, "max_new_tokens": args.max_new_tokens, "top_k": args.top_k,
+                          "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+                          **report}, indent=2), file=json_out)
+        return
     try:
         # Every batch size is deployed at once (its own route) and the points alternate
         # between them, so a load change on the shared machine hits both sides alike rather

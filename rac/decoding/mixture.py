@@ -36,7 +36,7 @@ import torch
 
 from rac.decoding.config import SamplingParams
 from rac.models.generation import left_pad
-from rac.models.prompts import prompt_token_ids
+from rac.models.prompts import decode_whole, prompt_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class MixtureDecoder:
                               finish_reason=finish[i], seed=int(seeds[i])) for i in range(n)]
 
     def _text(self, token_ids: list[int], finish_reason: str) -> str:
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text = decode_whole(self.tokenizer, token_ids)
         if finish_reason == "question" and "?" in text:
             text = text[: text.index("?") + 1]
         return text.strip()

@@ -14,10 +14,11 @@ from rac.models.prompts import (
     PromptTooLongError,
     build_prompt,
     completion_text,
+    decode_whole,
     prompt_token_ids,
     question_from_text,
 )
 
 __all__ = ["LoraConfig", "ModelConfig", "ModelDirError", "Prompt", "PromptTooLongError", "build_prompt",
-           "check_model_dir", "completion_text", "load_model", "load_tokenizer", "prompt_token_ids",
+           "check_model_dir", "completion_text", "decode_whole", "load_model", "load_tokenizer", "prompt_token_ids",
            "question_from_text", "resolve_device"]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rac.config import ConfigError, field_help
+from rac.models.prompts import decode_whole
 
 #: Prefix of the error of a row whose generation raised (not bad input); a rerun retries it.
 GENERATION_FAILURE = "generation failed: "
@@ -66,7 +67,8 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
 
     Returns
     -------
-    The decoded continuations (special tokens dropped), in the order of ``prompts``.
+    The decoded continuations (special tokens dropped, no character cut in half at the token
+    limit: :func:`rac.models.prompts.decode_whole`), in the order of ``prompts``.
     """
     import torch
 
@@ -83,5 +85,4 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
                              do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     new_tokens = out[:, input_ids.shape[1]:].tolist()
-    return [tokenizer.decode(row[:limit], skip_special_tokens=True) for row, limit in zip(new_tokens, limits,
-                                                                                             strict=True)]
+    return [decode_whole(tokenizer, row[:limit]) for row, limit in zip(new_tokens, limits, strict=True)]

@@ -13,6 +13,7 @@ query and the question slot are never cut, and the budget leaves room for the an
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,7 @@ def build_prompt(
         room = max_tokens - _count(tokenizer, base + _passage_line(len(kept) + 1, "") + QUESTION_SLOT)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         while room >= MIN_PASSAGE_TOKENS:
-            short = tokenizer.decode(ids[:room]).rstrip() + " ..."
+            short = decode_whole(tokenizer, ids[:room]).rstrip() + " ..."
             candidate = base + _passage_line(len(kept) + 1, short) + QUESTION_SLOT
             if _count(tokenizer, candidate) <= max_tokens:
                 kept.append(short)
@@ -115,6 +116,21 @@ def prompt_token_ids(tokenizer: Any, text: str) -> list[int]:
     if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
         ids = [tokenizer.bos_token_id, *ids]
     return ids
+
+
+#: What a lossy UTF-8 decoder puts for bytes that do not form a character.
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def decode_whole(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    """``token_ids`` as text (special tokens dropped), without a character broken at the end.
+
+    A byte-level BPE token can hold part of a UTF-8 character (an emoji or a CJK character
+    spans several tokens), so ids cut at a token limit can end inside one, which the
+    tokenizer's lossy decoder turns into U+FFFD. Those trailing bytes are dropped: the text
+    ends with the last whole character.
+    """
+    return tokenizer.decode(list(token_ids), skip_special_tokens=True).rstrip(REPLACEMENT_CHARACTER)
 
 
 def question_from_text(text: str) -> str:

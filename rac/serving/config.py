@@ -141,6 +141,13 @@ class IngressConfig:
     readiness_timeout_s: float = field_help(2.0, help="Seconds /readyz waits for the generator and retriever.")
     retrieval_threads: int = field_help(
         8, help="Threads running searches; a hung backend can hold at most this many, later requests get 504.")
+    shed_load: bool = field_help(
+        True, help="Answer 503 with Retry-After at once when a request is expected to wait longer than "
+                   "generation_timeout_s: the generations in flight and the measured time of one batch tell "
+                   "(rac.serving.admission). false: queue every request; the late ones get 504 at the timeout.")
+    generation_time_smoothing: float = field_help(
+        0.3, help="Weight of the newest measured batch time in its moving average, in (0, 1]; higher follows a "
+                  "change of load faster, lower is steadier.")
     deployment: DeploymentSection = _deployment(
         "Replicas and resources of the ingress.", num_cpus=0.5, max_ongoing_requests=128, max_queued_requests=512,
         autoscaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 32.0})
@@ -151,6 +158,9 @@ class IngressConfig:
                 raise ConfigError(f"ingress.{name} must be > 0, got {getattr(self, name)}")
         if self.retrieval_threads < 1:
             raise ConfigError(f"ingress.retrieval_threads must be at least 1, got {self.retrieval_threads}")
+        if not 0 < self.generation_time_smoothing <= 1:
+            raise ConfigError(f"ingress.generation_time_smoothing must be in (0, 1], got "
+                              f"{self.generation_time_smoothing}")
 
 
 @dataclass

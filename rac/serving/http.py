@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rac.serving.auth import APIKeyChecker, presented_key
@@ -188,15 +189,25 @@ def create_app(
         ``async () -> Any``: raises or hangs when the generator cannot answer (``/readyz``).
     """
     checker = APIKeyChecker(api_key)
-    # A class built from the limits; this module has no `from __future__ import annotations`
-    # so that FastAPI sees the class itself, not a name it cannot resolve, in the signature below.
-    ClarifyRequest = make_request_model(cfg)  # noqa: N806 - a class, named as one
     app = FastAPI(
         title="RAC clarifying questions",
         version="1.0",
         description="Retrieves BM25 passages for an ambiguous search query and asks one clarifying question "
                     "grounded in them. " + detector_description(service),
     )
+    add_error_handlers(app)
+    add_clarify_route(app, service, make_request_model(cfg))
+    add_probe_routes(app, service, stats, check_generator)
+    if checker.enabled:
+        document_api_key(app, cfg.auth.open_paths)
+    # The last middleware added runs first: the key is checked before any byte of the body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.limits.max_body_bytes)
+    app.add_middleware(APIKeyMiddleware, checker=checker, open_paths=tuple(cfg.auth.open_paths))
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as a JSON :class:`~rac.serving.schemas.ErrorResponse`; an unexpected one as a bare 500."""
 
     @app.exception_handler(ServingError)
     async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
@@ -221,6 +232,12 @@ def create_app(
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(error_body(500, "internal error"), status_code=500)
 
+
+# This module has no `from __future__ import annotations` so that FastAPI sees the request
+# class itself, built from the limits, not a name it cannot resolve, in the route's signature.
+def add_clarify_route(app: FastAPI, service: ClarifyService, ClarifyRequest: type[BaseModel]) -> None:  # noqa: N803
+    """``POST /v1/clarify``, its body validated by ``ClarifyRequest`` (:func:`make_request_model`)."""
+
     @app.post("/v1/clarify", response_model=ClarifyResponse, responses=_ERROR_RESPONSES,
               summary="Ask one clarifying question about a search query")
     async def clarify(request: ClarifyRequest) -> dict[str, Any]:  # type: ignore[valid-type]
@@ -233,6 +250,12 @@ def create_app(
             # error handler, and the trace belongs in the log only.
             logger.exception("clarify failed")
             raise ServingError(500, "internal error") from None
+
+
+def add_probe_routes(app: FastAPI, service: ClarifyService,
+                     stats: Callable[[], Awaitable[dict[str, Any]]] | None,
+                     check_generator: Callable[[], Awaitable[Any]] | None) -> None:
+    """``GET /v1/stats``, ``/healthz`` and ``/readyz``."""
 
     @app.get("/v1/stats", summary="Batching statistics of the generator replica that answers")
     async def get_stats() -> dict[str, Any]:
@@ -256,24 +279,23 @@ def create_app(
         return JSONResponse({"status": "ready" if ready else "not ready", "components": components},
                             status_code=200 if ready else 503)
 
-    if checker.enabled:
-        def openapi_with_security() -> dict[str, Any]:
-            if app.openapi_schema is None:
-                schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                     routes=app.routes)
-                schema.setdefault("components", {})["securitySchemes"] = {
-                    "bearer": {"type": "http", "scheme": "bearer"},
-                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
-                schema["security"] = [{"bearer": []}, {"apiKey": []}]
-                for path in cfg.auth.open_paths:  # the probes: no key
-                    for operation in schema["paths"].get(path, {}).values():
-                        operation["security"] = []
-                app.openapi_schema = schema
-            return app.openapi_schema
 
-        app.openapi = openapi_with_security  # type: ignore[method-assign]
+def document_api_key(app: FastAPI, open_paths: list[str]) -> None:
+    """Patch the app's OpenAPI schema: the key's two headers as security schemes, required on
+    every path but ``open_paths`` (the probes)."""
 
-    # The last middleware added runs first: the key is checked before any byte of the body is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.limits.max_body_bytes)
-    app.add_middleware(APIKeyMiddleware, checker=checker, open_paths=tuple(cfg.auth.open_paths))
-    return app
+    def openapi_with_security() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            for path in open_paths:
+                for operation in schema["paths"].get(path, {}).values():
+                    operation["security"] = []
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_security  # type: ignore[method-assign]

@@ -8,7 +8,7 @@ and unknown fields are refused.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticCustomError
@@ -42,20 +42,27 @@ class UnsupportedSpan(BaseModel):
 
 
 class ClarifyResponse(BaseModel):
-    """One clarifying question, grounded in the passages retrieved for the query."""
+    """One clarifying question, grounded in the passages retrieved for the query, or (status
+    no_passages) the statement that no passage matched, without a question."""
 
-    question: str = Field(description="The clarifying question.")
-    passages: list[Passage] = Field(description="Passages D the question was generated from, best first.")
+    status: Literal["answered", "no_passages"] = Field(
+        description="answered: question holds a clarifying question grounded in passages. no_passages: retrieval "
+                    "found no passage for the query, so no question was generated (question null, passages "
+                    "empty); rephrase the query or search another index.")
+    question: str | None = Field(description="The clarifying question; null when status is no_passages.")
+    passages: list[Passage] = Field(
+        description="Passages D the question was generated from, best first; empty when status is no_passages.")
     model: str = Field(description="Name of the served model.")
     grounding: Grounding | None = Field(
-        description="Grounding of the question in the passages; null when the scorer is not installed.")
+        description="Grounding of the question in the passages; null when the scorer is not installed or no "
+                    "question was generated.")
     unsupported_spans: list[UnsupportedSpan] | None = Field(
         description="Content words of the question that the unsupported-span detector finds unsupported by the "
                     "passages (P(unsupported) at or above its threshold), as character offsets; null when no "
-                    "detector is configured.")
+                    "detector is configured or no question was generated.")
     detector_support: float | None = Field(
         description="1 - mean P(unsupported) over the question's content words, in [0, 1]; null when no detector "
-                    "is configured.")
+                    "is configured or no question was generated.")
     latency_ms: float = Field(description="Time the server spent on the request, in milliseconds.")
 
 

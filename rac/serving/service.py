@@ -19,12 +19,19 @@ from typing import Any
 
 from rac.models.prompts import PromptTooLongError, build_prompt
 from rac.retrieval.base import RetrievalError, Retriever, query_error
+from rac.serving.admission import GenerationQueue, Overloaded
 from rac.serving.config import ServeConfig
 
 logger = logging.getLogger(__name__)
 
 #: What /readyz shows for an optional component that is not configured (it does not make the app unready).
 NOT_CONFIGURED = "not configured"
+
+#: ``status`` of an answer with a clarifying question, and of one where retrieval found no passage
+#: (no question is generated: one without passages would not be grounded in any).
+ANSWERED, NO_PASSAGES = "answered", "no_passages"
+#: The detector's fields of an answer it did not score.
+_NOT_DETECTED = {"unsupported_spans": None, "detector_support": None}
 
 #: ``async generate(prompt, max_new_tokens) -> question``: the generator deployment, or a stand-in.
 GenerateFn = Callable[[str, int], Awaitable[str]]
@@ -85,6 +92,9 @@ class ClarifyService:
         self.retriever = retriever
         self.tokenizer = tokenizer
         self._generate = generate
+        self.queue = GenerationQueue(
+            cfg.generator.max_batch_size, cfg.generator.deployment.autoscaling.max_replicas,
+            cfg.ingress.generation_timeout_s, cfg.ingress.generation_time_smoothing, shed=cfg.ingress.shed_load)
         # Searches run in threads of their own: a hung backend can hold at most these,
         # and the event loop (health checks, other requests) never waits on a socket.
         self._pool = ThreadPoolExecutor(max_workers=cfg.ingress.retrieval_threads, thread_name_prefix="retrieval")
@@ -127,9 +137,17 @@ class ClarifyService:
                                     f"{self.cfg.generator.max_prompt_tokens} tokens", field="query") from None
 
     async def generate(self, prompt: str, max_new_tokens: int) -> str:
+        """The question for ``prompt`` within ``ingress.generation_timeout_s``; refused at once
+        (503, Retry-After) when the queue is not expected to finish it in that time."""
         timeout = self.cfg.ingress.generation_timeout_s
         try:
-            return await asyncio.wait_for(self._generate(prompt, max_new_tokens), timeout)
+            with self.queue.admit():
+                return await asyncio.wait_for(self._generate(prompt, max_new_tokens), timeout)
+        except Overloaded as e:
+            logger.info("shed a request: generation %s (%d in flight)", e, self.queue.in_flight)
+            raise ServingError(503, f"the generator is overloaded: this request would wait about "
+                                    f"{e.expected_s:.0f}s, more than the {timeout:g}s limit; retry later",
+                               retry_after_s=e.retry_after_s) from None
         except TimeoutError:
             logger.warning("generation did not finish within %.1fs", timeout)
             raise ServingError(504, f"the generator did not answer within {timeout:g}s") from None
@@ -149,24 +167,26 @@ class ClarifyService:
     async def unsupported_spans(self, question: str, passages: list[dict[str, Any]]) -> dict[str, Any]:
         """``{unsupported_spans, detector_support}`` of ``question``; both None without a detector."""
         if self.detector is None:
-            return {"unsupported_spans": None, "detector_support": None}
+            return dict(_NOT_DETECTED)
         loop = asyncio.get_running_loop()
         try:
             (result,) = await loop.run_in_executor(self._detector_pool, self.detector.score, [question], [passages])
         except Exception:
             # As with grounding: a scoring failure must not cost the user their question.
             logger.exception("detector failed")
-            return {"unsupported_spans": None, "detector_support": None}
+            return dict(_NOT_DETECTED)
         return {"unsupported_spans": result.spans(self.detector_threshold),
                 "detector_support": round(float(result.support), 4)}
 
     async def clarify(self, query: str, top_k: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
-        """The clarifying question for ``query`` with its passages, grounding and latency.
+        """The clarifying question for ``query`` with its passages, grounding and latency; when
+        retrieval finds no passage, status ``no_passages`` and no question.
 
         Raises
         ------
         ServingError
-            422 for a query that cannot be searched, 502/503/504 when a backend fails or is slow.
+            422 for a query that cannot be searched, 502/503/504 when a backend fails or is slow,
+            503 at once when the generator's queue would not answer within the timeout.
         """
         t0 = time.perf_counter()
         error = query_error(query, self.cfg.retriever.max_query_chars)
@@ -175,11 +195,19 @@ class ClarifyService:
         top_k = top_k or self.cfg.retriever.top_k
         max_new_tokens = max_new_tokens or self.cfg.generator.max_new_tokens
         passages = await self.retrieve(query, top_k)
+        if not passages:
+            # A question from the prompt without passages would be ungrounded, yet look like a grounded one.
+            return self._answer(NO_PASSAGES, None, [], None, dict(_NOT_DETECTED), t0)
         prompt = await self._in_pool(self.prompt, query, passages)
         question = await self.generate(prompt, max_new_tokens)
         grounding, detected = await asyncio.gather(self.grounding(question, passages),
                                                    self.unsupported_spans(question, passages))
-        return {"question": question, "passages": passages, "model": self.cfg.served_model_name,
+        return self._answer(ANSWERED, question, passages, grounding, detected, t0)
+
+    def _answer(self, status: str, question: str | None, passages: list[dict[str, Any]],
+                grounding: dict[str, float] | None, detected: dict[str, Any], t0: float) -> dict[str, Any]:
+        """The body of ``POST /v1/clarify`` (:class:`rac.serving.schemas.ClarifyResponse`)."""
+        return {"status": status, "question": question, "passages": passages, "model": self.cfg.served_model_name,
                 "grounding": grounding, **detected, "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     async def ready(self, check_generator: Callable[[], Awaitable[Any]] | None = None) -> dict[str, str]:

@@ -43,3 +43,26 @@ def test_budget_trims_passages_first_never_the_query(tokenizer):
 def test_query_that_cannot_fit_is_an_error(tokenizer):
     with pytest.raises(PromptTooLongError, match="more than the prompt budget of 20"):
         build_prompt(tokenizer, "jaguar " * 50, PASSAGES, max_tokens=20)
+
+
+MULTIBYTE = "東京 café 🚀"
+
+
+def test_ids_cut_inside_a_character_decode_to_whole_characters(tokenizer):
+    from rac.models.prompts import decode_whole
+
+    ids = tokenizer(MULTIBYTE, add_special_tokens=False)["input_ids"]
+    # The byte-level tokenizer splits these characters over several tokens: some cuts land inside one.
+    assert any(tokenizer.decode(ids[:k]).endswith("\ufffd") for k in range(1, len(ids)))
+    for k in range(len(ids) + 1):
+        text = decode_whole(tokenizer, ids[:k])
+        assert "\ufffd" not in text and MULTIBYTE.startswith(text), (k, text)
+    assert decode_whole(tokenizer, ids) == MULTIBYTE
+
+
+def test_trimmed_passage_keeps_whole_characters(tokenizer):
+    passages = [{"text": "東京タワー 🚀 " * 40}]
+    full = build_prompt(tokenizer, "tokyo", passages)
+    for cut in range(1, 12):
+        trimmed = build_prompt(tokenizer, "tokyo", passages, max_tokens=full.num_tokens - 20 * cut - 1)
+        assert trimmed.trimmed and "\ufffd" not in trimmed.text, trimmed.text[-60:]

@@ -99,8 +99,9 @@ def test_clarify_answers_with_passages_question_and_grounding(base_url, tiny_mod
 
     status, body, _ = call(base_url, "/v1/clarify", {"query": "jaguar", "top_k": 2, "max_new_tokens": 6})
     assert status == 200, body
-    assert set(body) == {"question", "passages", "model", "grounding", "unsupported_spans", "detector_support",
-                         "latency_ms"}
+    assert set(body) == {"status", "question", "passages", "model", "grounding", "unsupported_spans",
+                         "detector_support", "latency_ms"}
+    assert body["status"] == "answered"
     # No detector configured: no spans, and the schema's description says so.
     assert body["unsupported_spans"] is None and body["detector_support"] is None
     # The passages are the configured backend's top 2 for the query, best first.
@@ -124,6 +125,18 @@ def test_clarify_answers_with_passages_question_and_grounding(base_url, tiny_mod
     # Defaults from config when the request leaves them out.
     status, body, _ = call(base_url, "/v1/clarify", {"query": "mars rover"})
     assert status == 200 and len(body["passages"]) == 3
+
+
+def test_query_no_passage_matches_gets_no_question(base_url):
+    stats = call(base_url, "/v1/stats")[1]
+    status, body, _ = call(base_url, "/v1/clarify", {"query": "zyxwvut quokkaz"})
+    assert status == 200, body
+    assert body["status"] == "no_passages" and body["question"] is None and body["passages"] == []
+    assert call(base_url, "/v1/stats")[1]["requests"] == stats["requests"], "nothing was generated"
+    # The schema a client reads says so.
+    schema = call(base_url, "/openapi.json")[1]["components"]["schemas"]["ClarifyResponse"]
+    assert schema["properties"]["status"]["enum"] == ["answered", "no_passages"]
+    assert "status" in schema["required"]
 
 
 def test_api_key_is_required_on_every_route_but_the_probes(base_url):

@@ -97,6 +97,7 @@ def test_batch_size_above_max_ongoing_requests_is_refused():
     ({"generator": {"max_batch_size": "16"}}, "generator.max_batch_size must be an integer"),
     ({"ingress": {"deployment": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}}, "max_replicas"),
     ({"limits": {"max_top_k": 2}}, "limits.max_top_k .* must be >= retriever.top_k"),
+    ({"ingress": {"generation_time_smoothing": 0}}, r"ingress.generation_time_smoothing must be in \(0, 1\], got 0"),
 ])
 def test_bad_args_fail_with_what_to_change(args, message):
     with pytest.raises(ConfigError, match=message):

@@ -101,3 +101,35 @@ def test_scheduler_passes_a_generation_error_to_its_callers():
             await scheduler.submit(["a", "b"], [1, 1])
 
     asyncio.run(main())
+
+
+class _ScriptedModel:
+    """A causal LM stand-in that continues every prompt with the same token ids (up to max_new_tokens)."""
+
+    def __init__(self, continuation: list[int]):
+        import torch
+
+        self.continuation = continuation
+        self._param = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        return iter([self._param])
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        import torch
+
+        new = torch.tensor([self.continuation[:max_new_tokens]] * input_ids.shape[0])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_question_cut_at_the_token_limit_never_ends_in_a_broken_character(generator, monkeypatch):
+    text = "東京 café 🚀"
+    ids = generator.tokenizer(text, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(generator, "model", _ScriptedModel(ids))
+    prompt = build_prompt(generator.tokenizer, text, ["Tokyo"], grounded=True).text
+    # Every limit, including the ones that cut the emoji or a kanji mid-character.
+    questions = generator.generate([prompt] * len(ids), list(range(1, len(ids) + 1)))
+    for limit, question in enumerate(questions, 1):
+        assert "\ufffd" not in question and text.startswith(question), (limit, question)
+    assert questions[-1] == text
+    assert questions[-2] == "東京 café"

@@ -20,7 +20,7 @@ from rac.serving.service import ClarifyService, ServingError
 
 
 async def _must_not_generate(prompt: str, max_new_tokens: int) -> str:
-    raise AssertionError("the generator must not be called when retrieval fails")
+    raise AssertionError("the generator must not be called when retrieval fails or finds nothing")
 
 
 def _service(tiny_model_dir, retriever_cfg: RetrieverConfig, generate=_must_not_generate, **ingress) -> ClarifyService:
@@ -92,6 +92,7 @@ def test_passages_prompt_and_grounding(tiny_model_dir, demo_index_dir):
 
     service = _service(tiny_model_dir, RetrieverConfig(index_dir=str(demo_index_dir)), generate=echo)
     out = asyncio.run(service.clarify("jaguar", top_k=3, max_new_tokens=7))
+    assert out["status"] == "answered"
     assert 1 <= len(out["passages"]) <= 3
     scores = [p["score"] for p in out["passages"]]
     assert scores == sorted(scores, reverse=True)
@@ -107,4 +108,15 @@ def test_passages_prompt_and_grounding(tiny_model_dir, demo_index_dir):
         expected = parent_grounding(out["question"], [p["text"] for p in out["passages"]])
         assert out["grounding"] == pytest.approx(expected)
         assert out["grounding"]["precision"] > 0, "the question repeats passage words"
+    service.close()
+
+
+def test_query_no_passage_matches_is_answered_without_a_question(tiny_model_dir, demo_index_dir):
+    # No word of the query is in the demo corpus: BM25 returns nothing, and nothing is generated
+    # (_must_not_generate) from a prompt without passages.
+    service = _service(tiny_model_dir, RetrieverConfig(index_dir=str(demo_index_dir)))
+    out = asyncio.run(service.clarify("zyxwvut quokkaz"))
+    assert out["status"] == "no_passages"
+    assert out["question"] is None and out["passages"] == [] and out["grounding"] is None
+    assert out["unsupported_spans"] is None and out["detector_support"] is None
     service.close()
