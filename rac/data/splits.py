@@ -26,7 +26,7 @@ def assign_splits(
     """
     if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
-    topics = sorted({_topic(r) for r in records})
+    topics = sorted({topic_of(r) for r in records})
     random.Random(seed).shuffle(topics)
     counts = [int(round(f * len(topics))) for f in fractions]
     # Rounding can over- or under-shoot; give the remainder to the first split and make
@@ -41,8 +41,10 @@ def assign_splits(
         for t in topics[start:start + n]:
             topic_split[t] = name
         start += n
-    return [{**r, "split": topic_split[_topic(r)]} for r in records]
+    return [{**r, "split": topic_split[topic_of(r)]} for r in records]
 
 
-def _topic(record: dict[str, Any]) -> str:
-    return str(record["topic_id"]) if record.get("topic_id") is not None else "id:" + str(record["id"])
+def topic_of(row: dict[str, Any]) -> str:
+    """The topic a row belongs to, for every split by topic: its ``topic_id``, else a topic of
+    its own (``id:<id>``, which no topic_id can equal)."""
+    return str(row["topic_id"]) if row.get("topic_id") is not None else "id:" + str(row["id"])

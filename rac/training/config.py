@@ -149,7 +149,8 @@ class SFTConfig(TrainConfig):
         """The split's rows with a gold question."""
         from rac.retrieval import read_retrieved
 
-        rows = read_retrieved(self.input_dir, [self.split], ("id", "query", "passages", "question", "split"))
+        rows = read_retrieved(self.input_dir, [self.split],
+                              ("id", "query", "passages", "question", "split", "topic_id"))
         return [r for r in rows.to_pylist() if not r.get("error") and r["question"]]
 
     def examples(self, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
@@ -189,7 +190,8 @@ class RACConfig(TrainConfig):
         """The T2 rows with both a chosen and a rejected question."""
         from rac.decoding.stage import read_negatives
 
-        rows = read_negatives(self.input_dir, ["id", "query", "passages", "chosen", "rejected"]).to_pylist()
+        rows = read_negatives(self.input_dir, ["id", "query", "passages", "chosen", "rejected", "topic_id"])
+        rows = rows.to_pylist()
         return [r for r in rows if not r.get("error") and r["chosen"] and r["rejected"]]
 
     def examples(self, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:

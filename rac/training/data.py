@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from rac.data.splits import topic_of
 from rac.models.prompts import build_prompt, completion_text, prompt_token_ids
 
 logger = logging.getLogger(__name__)
@@ -30,11 +31,6 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 #: Subfolder of a training run's output_dir holding the tokenized datasets.
 DATA_DIR = "data"
-
-
-def topic_of(row: dict[str, Any]) -> str:
-    """The topic a row belongs to for topic splits: its ``topic_id``, else its own ``id``."""
-    return str(row.get("topic_id") or row["id"])
 
 
 def holdout_by_topic(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
