@@ -228,7 +228,7 @@ def runners() -> dict[str, Callable[[Any], dict[str, Any]]]:
         return run_evaluate(c)
 
     def train_detector(c: Any) -> dict[str, Any]:
-        from rac.detector import run_train_detector
+        from rac.detector.train import run_train_detector
 
         return run_train_detector(c)
 
