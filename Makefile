@@ -33,6 +33,7 @@ test-all: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) bench/retrieval.py

@@ -74,11 +74,11 @@ def main() -> None:
     from rac.detector.labels import IGNORE, UNSUPPORTED, char_labels, word_labels
     from rac.detector.train import COLUMNS, row_passages
     from rac.evaluation.grounding import metric_words
-    from rac.evaluation.scorers import passage_texts
     from rac.evaluation.significance import ranking_auc
     from rac.machine import describe_machine
     from rac.models import build_prompt
     from rac.models.factory import load_causal_lm
+    from rac.text import passage_texts
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("negatives_dirs", nargs="+")

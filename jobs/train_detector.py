@@ -3,7 +3,8 @@
 import sys
 
 from jobs._door import run
-from rac.detector import DetectorConfig, run_train_detector
+from rac.detector import DetectorConfig
+from rac.detector.train import run_train_detector
 
 
 def main(cfg: DetectorConfig) -> None:

@@ -27,6 +27,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from rac.placement import PLACEMENT_DIR, placements
+
 logger = logging.getLogger(__name__)
 
 C = TypeVar("C")
@@ -315,9 +317,7 @@ def write_run_info(out_dir: str | Path, stage: str, cfg: Any, **extra: Any) -> P
         "command": sys.argv,
         **extra,
     }
-    if (out_dir / "placement").is_dir():  # rac.placement: where the stage's workers and actors ran
-        from rac.placement import placements
-
+    if (out_dir / PLACEMENT_DIR).is_dir():  # where the stage's workers and actors ran
         info["nodes"] = placements(out_dir)
     path = out_dir / "run_info.json"
     path.write_text(json.dumps(info, indent=2, default=str))
@@ -349,7 +349,7 @@ class ActorPoolConfig:
 
     def map_batches_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Dataset.map_batches`` with a callable class."""
-        from ray.data import ActorPoolStrategy
+        from ray.data import ActorPoolStrategy  # here, not at the top: rac.config must import without Ray
 
         return {"compute": ActorPoolStrategy(min_size=self.min_size, max_size=self.max_size),
                 "num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "batch_size": self.batch_size}

@@ -4,7 +4,7 @@ The retrieval and negatives stages write each finished block of rows as its own 
 temporary name that is flushed to disk and then renamed, so a part is either whole or absent;
 a part found cut short all the same (a disk that lost its tail) is deleted when the next run
 starts, and its rows are done again. Small JSON files that record progress (``_params.json``,
-the pipeline's manifests) go through :func:`write_json` and :func:`read_json` on the same
+the pipeline's manifests) go through :mod:`rac.durable`'s ``write_json`` and ``read_json`` on the same
 terms: written whole or not at all, and a file cut short reads as absent, never as done. A run that is
 killed and started again reads the ids already written and does only the others: nothing
 is lost, nothing is written twice. A ``_params.json`` beside the parts records the settings
@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rac.config import ConfigError
+from rac.data.loaders import DataFormatError
+from rac.durable import read_json, replace_durably, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,33 +42,6 @@ PARAMS_FILE = "_params.json"
 PART_GLOB = "part-*.parquet"
 #: Fault injection for tests: the driver SIGKILLs itself after writing this many parts.
 FAULT_KILL_AFTER_PARTS = "RAC_FAULT_KILL_AFTER_PARTS"
-
-
-def _replace_durably(tmp: Path, final: Path) -> None:
-    """Flush ``tmp`` to disk, then rename it to ``final``: a crash leaves the old file or the new one."""
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` whole or not at all (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    _replace_durably(tmp, path)
-
-
-def read_json(path: str | Path) -> Any:
-    """The JSON in ``path``; None when it is absent or cut short (unreadable: its work is redone)."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        logger.warning("%s is unreadable (%s: %s); treating it as absent", path, type(e).__name__, e)
-        return None
 
 
 def part_files(parts_dir: str | Path) -> list[Path]:
@@ -98,8 +73,6 @@ def drop_broken_parts(parts_dir: str | Path) -> int:
 
 def _read_table(files: list[Path], **kwargs: Any) -> pa.Table:
     """``pq.read_table(files)``, a broken file named in a :class:`DataFormatError`."""
-    from rac.data.loaders import DataFormatError
-
     try:
         return pq.read_table(files, **kwargs)
     except (pa.ArrowException, OSError) as e:
@@ -122,8 +95,6 @@ def read_stage_output(path: str | Path, subdir: str, columns: tuple[str, ...] | 
     Raises ``FileNotFoundError`` with ``absent`` (what to run) when there are no files, and
     :class:`~rac.data.loaders.DataFormatError` naming ``expected`` when ``columns`` are missing.
     """
-    from rac.data.loaders import DataFormatError
-
     path = Path(path)
     folder = path / subdir if (path / subdir).is_dir() else path
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []  # ours are part-*, any will do
@@ -148,7 +119,7 @@ def write_part(parts_dir: str | Path, name: str, table: pa.Table) -> Path:
     tmp = parts_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
     pq.write_table(table, tmp)
     final = parts_dir / name
-    _replace_durably(tmp, final)  # a reader sees the whole part or none of it
+    replace_durably(tmp, final)  # a reader sees the whole part or none of it
     return final
 
 

@@ -43,10 +43,10 @@ from rac.config import (
 from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
 from rac.detector.config import DetectorConfig
+from rac.durable import read_json, write_json
 from rac.evaluation.config import EvaluateConfig
 from rac.failures import StageResult
 from rac.models.prepare import PrepareModelConfig
-from rac.parts import read_json, write_json
 from rac.retrieval import IndexConfig, RetrieveConfig, RetrieverConfig
 from rac.training.config import RACConfig, SFTConfig
 
@@ -226,7 +226,7 @@ def runners() -> dict[str, Callable[[Any], StageResult]]:
         return run_evaluate(c)
 
     def train_detector(c: Any) -> StageResult:
-        from rac.detector import run_train_detector
+        from rac.detector.train import run_train_detector
 
         return run_train_detector(c)
 

@@ -12,14 +12,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from rac.parts import read_json, write_json
+from rac.durable import read_json, write_json
 
 PLACEMENT_DIR = "placement"
 
 
 def current_node() -> str | None:
     """The Ray node id of this process, or None outside Ray."""
-    import ray
+    import ray  # here, not at the top: rac.config imports this module and must import without Ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 

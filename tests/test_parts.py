@@ -5,16 +5,15 @@ import pytest
 
 from rac.config import ConfigError
 from rac.data.loaders import DataFormatError
+from rac.durable import read_json, write_json
 from rac.parts import (
     PARAMS_FILE,
     PartWriter,
     check_params,
     drop_error_rows,
     part_files,
-    read_json,
     read_parts,
     read_stage_output,
-    write_json,
     written_ids,
 )
 from rac.retrieval import read_retrieved

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError
+from rac.models import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def check_same_tokenizer(grounded_path: str | Path, ungrounded_path: str | Path)
     TokenizerMismatchError
         With what differs (vocabulary size, the first differing tokens, special tokens).
     """
-    from rac.models import load_tokenizer
-
     tok_g, tok_u = load_tokenizer(grounded_path), load_tokenizer(ungrounded_path)
     problems = []
     vocab_g, vocab_u = tok_g.get_vocab(), tok_u.get_vocab()

@@ -27,6 +27,7 @@ from rac.decoding.config import NegativesConfig
 from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
 from rac.decoding.models import check_same_tokenizer, model_revision
 from rac.failures import StageResult
+from rac.models import PromptTooLongError, build_prompt, load_tokenizer
 from rac.models.factory import check_model_dir, load_causal_lm, resolve_device
 from rac.models.generation import GENERATION_FAILURE
 from rac.parts import (
@@ -101,8 +102,6 @@ class NegativesBatch:
     """
 
     def __init__(self, cfg: NegativesConfig, revisions: dict[str, str]):
-        from rac.models import load_tokenizer
-
         self.cfg, self.revisions = cfg, revisions
         device = resolve_device(cfg.device, cfg.pool.num_gpus)
         self.tokenizer = load_tokenizer(cfg.grounded_model)
@@ -113,8 +112,6 @@ class NegativesBatch:
         logger.info("negatives actor ready on %s", device)
 
     def _prompts(self, row: dict[str, Any]) -> tuple[str, str, int] | str:
-        from rac.models import PromptTooLongError, build_prompt
-
         try:
             grounded = build_prompt(self.tokenizer, row["query"], row["passages"], grounded=True,
                                     max_tokens=self.cfg.max_prompt_tokens)

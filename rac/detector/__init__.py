@@ -1,15 +1,11 @@
-"""The unsupported-span detector: a token classifier learned from the negatives' provenance."""
+"""The unsupported-span detector: a token classifier learned from the negatives' provenance.
+
+The package holds the detector itself (labels, model, inference), which the evaluation scores
+with. Its training stage, :func:`rac.detector.train.run_train_detector`, measures the detector
+against the evaluation's scores and so sits above :mod:`rac.evaluation`: import it from there.
+"""
 
 from rac.detector.config import DetectorConfig
 from rac.detector.model import DetectorDirError, DetectorResult, UnsupportedSpanDetector, check_detector_dir
-from rac.failures import StageResult
 
-__all__ = ["DetectorConfig", "DetectorDirError", "DetectorResult", "UnsupportedSpanDetector", "check_detector_dir",
-           "run_train_detector"]
-
-
-def run_train_detector(cfg: DetectorConfig) -> StageResult:
-    """Train, export and validate the detector (:func:`rac.detector.train.run_train_detector`)."""
-    from rac.detector.train import run_train_detector as run
-
-    return run(cfg)
+__all__ = ["DetectorConfig", "DetectorDirError", "DetectorResult", "UnsupportedSpanDetector", "check_detector_dir"]

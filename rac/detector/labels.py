@@ -19,7 +19,7 @@ labels, carried from the LM's tokens to the encoder's tokens through character o
    takes the label of the word it starts in.
 
 Function words and the question template ("are you looking for ...", the words of
-:data:`rac.evaluation.grounding.STOPWORDS`) carry no label: they are masked from the loss
+:data:`rac.text.STOPWORDS`) carry no label: they are masked from the loss
 (-100) and left out of every score, because both models produce them whatever the passages
 say, so their provenance is a coin flip. Only *content words* are labelled and scored. The
 gold question C+ of a row is a fully supported example: each of its content words is
@@ -28,20 +28,17 @@ labelled 0.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rac.evaluation.grounding import STOPWORDS
+from rac.text import STOPWORDS, WORD
 
 #: Label of a token the loss ignores (transformers' convention).
 IGNORE = -100
 SUPPORTED = 0
 UNSUPPORTED = 1
-
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,7 @@ def is_content_word(word: str) -> bool:
 
 def question_words(text: str) -> list[Word]:
     """The ``\\w+`` words of ``text`` with their character spans (in ``text`` itself)."""
-    return [Word(m.start(), m.end(), is_content_word(m.group())) for m in _WORD.finditer(text)]
+    return [Word(m.start(), m.end(), is_content_word(m.group())) for m in WORD.finditer(text)]
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -29,8 +29,11 @@ from typing import Any, Literal
 
 from rac.config import ConfigError
 from rac.detector.labels import Word, question_words, word_at
-from rac.evaluation.scorers import passage_texts
 from rac.models.factory import check_model_dir
+from rac.text import passage_texts
+
+# torch and transformers are imported inside the functions that use them: the evaluation package and
+# the serving app import this module and must import without them.
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +155,11 @@ class DetectorResult:
             s["probability"] = round(float(s["probability"]), 4)
         return [{"start": s["start"], "end": s["end"], "text": s["text"], "probability": s["probability"]}
                 for s in spans]
+
+    def columns(self) -> dict[str, Any]:
+        """This reading as row columns: ``detector_support`` and ``detector_tokens`` (start, end, p)."""
+        return {"detector_support": self.support,
+                "detector_tokens": [{"start": t.start, "end": t.end, "p": t.p} for t in self.tokens]}
 
 
 def content_token_positions(offsets: Sequence[Sequence[int]], question_mask: Sequence[int],

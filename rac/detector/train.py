@@ -12,22 +12,39 @@ scores the held-out pairs with the exported detector and with today's faithfulne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rac.config import ConfigError, write_run_info
 from rac.data.loaders import DataFormatError
+from rac.data.splits import topic_of
 from rac.detector.config import DetectorConfig
 from rac.detector.labels import IGNORE, char_labels, token_targets, word_labels
-from rac.detector.model import DETECTOR_FILE, LM_TOKENIZER_DIR, encode
+from rac.detector.model import DETECTOR_FILE, LM_TOKENIZER_DIR, UnsupportedSpanDetector, encode
+from rac.evaluation.catalogue import DETECTOR_METRICS, HELDOUT_SCOPE
+from rac.evaluation.figures import token_auc, validity
+from rac.evaluation.grounding import parent_grounding
+from rac.evaluation.rendering import validity_table
+from rac.evaluation.scorers import NOT_AVAILABLE, NOT_CONFIGURED, SemanticSupportScorer, resolve_embedding_model
 from rac.failures import StageResult
-from rac.models.factory import ModelDirError, check_model_dir
+from rac.models.factory import ModelDirError, check_model_dir, resolve_dtype, warn_slow_bf16
+from rac.text import passage_texts
+from rac.training.data import holdout_by_topic, load_dataset_dir, write_dataset
+from rac.training.trainer import check_resources
+
+# torch, transformers and Ray Train are imported inside the functions that use them, and so is
+# rac.decoding.stage and rac.training.engine (they import torch): a door imports this module to
+# parse its config, and those take seconds to import.
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +62,6 @@ LABELS = {0: "supported", 1: "unsupported"}
 
 def resolve_base_model(name: str) -> Path:
     """The encoder directory of ``base_model`` (a local directory, or a package that ships one)."""
-    from rac.evaluation.scorers import resolve_embedding_model
-
     path = resolve_embedding_model(name)
     if path is None:
         raise ModelDirError(f"base_model {name!r} is neither a local Hugging Face encoder directory (no config.json "
@@ -57,8 +72,6 @@ def resolve_base_model(name: str) -> Path:
 
 def resolve_lm_tokenizer(cfg: DetectorConfig) -> Path:
     """``lm_tokenizer``, or the grounded_model named in the first negatives dir's config.yaml."""
-    import yaml
-
     if cfg.lm_tokenizer:
         path = Path(cfg.lm_tokenizer)
         key = "lm_tokenizer"
@@ -123,8 +136,6 @@ def row_passages(row: dict[str, Any]) -> list[Any]:
 
 def split_topics(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
     """(train, held-out) rows: ``fraction`` of the topics held out (:func:`rac.training.data.holdout_by_topic`)."""
-    from rac.training.data import holdout_by_topic
-
     train, held = holdout_by_topic(rows, fraction, seed)
     if not train or not held:
         raise ConfigError(f"the negatives hold {len({r.get('topic_id') for r in rows})} topics; at least two are "
@@ -134,10 +145,6 @@ def split_topics(rows: list[dict[str, Any]], fraction: float, seed: int) -> tupl
 
 def topic_folds(rows: list[dict[str, Any]], k: int, seed: int) -> list[list[dict[str, Any]]]:
     """``k`` folds of the rows, each topic in exactly one (topics shuffled by ``seed``, dealt in turn)."""
-    import random
-
-    from rac.training.data import topic_of
-
     topics = sorted({topic_of(r) for r in rows})
     if len(topics) < k:
         raise ConfigError(f"cv_folds={k} needs at least {k} topics; the negatives hold {len(topics)}")
@@ -181,8 +188,6 @@ def make_trainer(cfg: DetectorConfig, model: Any, tokenizer: Any, train: Any, lo
     """transformers' ``Trainer`` of the detector: token classification, padded batches."""
     from transformers import DataCollatorForTokenClassification, PrinterCallback, Trainer, TrainingArguments
 
-    from rac.models.factory import resolve_dtype
-
     precision = resolve_dtype(cfg.dtype, cfg.scaling.use_gpu)
     args = TrainingArguments(
         output_dir=local_dir, run_name=cfg.run_name, per_device_train_batch_size=cfg.per_worker_batch_size,
@@ -211,7 +216,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from rac.training.data import load_dataset_dir
     from rac.training.engine import MetricsCallback
 
     cfg: DetectorConfig = config["cfg"]
@@ -254,12 +258,33 @@ def export_detector(model: Any, tokenizer: Any, path: Path, info: dict[str, Any]
 # ----------------------------------------------------------------------------- validity
 
 
+def score_pairs(rows: list[dict[str, Any]], detector: Any, embedding_dir: Path | None) -> None:
+    """Add, in place, PARENT-G, semantic support and detector support of C+ and C- of each row
+    (``chosen_<metric>``, ``rejected_<metric>``, as the evaluation's mixture rows), and the
+    detector's token scores of C- (``rejected_detector_tokens``)."""
+    support = SemanticSupportScorer(embedding_dir) if embedding_dir else None
+
+    def batched(fn: Any, texts: list[str], passages: list[Any], size: int = 16) -> list[Any]:
+        return [x for i in range(0, len(texts), size) for x in fn(texts[i:i + size], passages[i:i + size])]
+
+    for side in ("chosen", "rejected"):
+        texts, passages = [r[side] for r in rows], [r["passages"] for r in rows]
+        semantic = batched(support.score, texts, passages) if support else [None] * len(rows)
+        results = batched(detector.score, texts, passages)
+        for r, s, d in zip(rows, semantic, results, strict=True):
+            parent = parent_grounding(r[side], passage_texts(r["passages"]))
+            r.update({f"{side}_parent_{k}": v for k, v in parent.items()})
+            r[f"{side}_semantic_support"] = s
+            r[f"{side}_entailment"] = None
+            cols = d.columns()
+            r[f"{side}_detector_support"] = cols["detector_support"]
+            if side == "rejected":
+                r["rejected_detector_tokens"] = cols["detector_tokens"]
+
+
 def score_heldout(model_dir: Path, heldout: list[dict[str, Any]], embedding_dir: Path | None) -> list[dict[str, Any]]:
     """The held-out pairs as the evaluation's mixture rows, with the detector's and today's
-    scores of C+ and C- (:func:`rac.detector.validity.score_pairs`)."""
-    from rac.detector.model import UnsupportedSpanDetector
-    from rac.detector.validity import score_pairs
-
+    scores of C+ and C- (:func:`score_pairs`)."""
     rows = [{"alpha": r["alpha"], "id": r["id"], "topic_id": r.get("topic_id"), "passages": row_passages(r),
              "chosen": r["chosen"], "rejected": r["rejected"],
              "mixing_rate": sum(r["provenance"]) / len(r["provenance"]),
@@ -269,19 +294,13 @@ def score_heldout(model_dir: Path, heldout: list[dict[str, Any]], embedding_dir:
 
 
 def validity_figures(rows: list[dict[str, Any]], scope: str, embedding_dir: Path | None) -> dict[str, Any]:
-    """Every score's validity on the scored pairs ``rows`` (:func:`rac.evaluation.report.validity`),
+    """Every score's validity on the scored pairs ``rows`` (:func:`rac.evaluation.figures.validity`),
     plus the detector's token-level AUC."""
-    from rac.detector.validity import token_auc
-    from rac.evaluation.report import DETECTOR_METRICS, validity
-    from rac.evaluation.scorers import NOT_AVAILABLE, NOT_CONFIGURED
-
     status = {"entailment": NOT_CONFIGURED, "semantic_support": None if embedding_dir else NOT_AVAILABLE}
     entries = validity(rows, status, metrics=DETECTOR_METRICS, scopes=[(scope, rows)])
     for e in entries:
         if e["metric"] == "detector_support":
             e["token_auc"] = token_auc(rows)
-    from rac.training.data import topic_of
-
     return {"pairs": len(rows), "topics": len({topic_of(r) for r in rows}),
             "metric_validity": entries}
 
@@ -289,14 +308,10 @@ def validity_figures(rows: list[dict[str, Any]], scope: str, embedding_dir: Path
 def heldout_validity(model_dir: Path, heldout: list[dict[str, Any]], embedding_dir: Path | None) -> dict[str, Any]:
     """The detector's and today's scores on the held-out pairs, through the evaluation report's
     validity machinery, plus the token-level AUC."""
-    from rac.detector.validity import HELDOUT_SCOPE
-
     return validity_figures(score_heldout(model_dir, heldout, embedding_dir), HELDOUT_SCOPE, embedding_dir)
 
 
 def validity_markdown(figures: dict[str, Any], cfg: DetectorConfig, info: dict[str, Any]) -> str:
-    from rac.evaluation.report import validity_table
-
     md = ["# Detector validity on held-out topics", "",
           f"Negatives: {', '.join(cfg.negatives_dirs)}. Held-out topics: {figures['topics']} "
           f"({figures['pairs']} pairs, never trained on); trained on {len(info['train_topics'])} topics "
@@ -321,12 +336,8 @@ def fit_detector(cfg: DetectorConfig, base_model: Path, lm_path: Path, train_exa
                  info: dict[str, Any]) -> tuple[Path, float]:
     """Write ``train_examples`` under ``cfg.output_dir``, train the detector there on Ray Train,
     and export it; returns ``(model dir, training seconds)``."""
-    import dataclasses
-
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from rac.training.data import write_dataset
 
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -353,10 +364,6 @@ def cross_validate(cfg: DetectorConfig, base_model: Path, lm_path: Path, rows: l
     """Cross-validation over the topic ``folds`` of ``rows`` (:func:`topic_folds`): one detector
     per fold, trained on the other folds, scores its own fold; the validity figures are on every
     pair, each scored by the detector that never saw its topic (pooled over the folds' detectors)."""
-    import dataclasses
-
-    from rac.training.data import topic_of
-
     scored, seconds = [], 0.0
     for i, held in enumerate(folds):
         held_ids = {id(r) for r in held}
@@ -390,11 +397,6 @@ def run_train_detector(cfg: DetectorConfig) -> StageResult:
         cross-validated ones under ``cross_validated``).
     """
     from transformers import AutoTokenizer
-
-    from rac.evaluation.scorers import resolve_embedding_model
-    from rac.models.factory import warn_slow_bf16
-    from rac.training.data import topic_of
-    from rac.training.trainer import check_resources
 
     base_model = resolve_base_model(cfg.base_model)
     lm_path = resolve_lm_tokenizer(cfg)

@@ -41,37 +41,14 @@ ACL 2020, because a served question has no reference):
 from __future__ import annotations
 
 import math
-import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from rac.text import STOPWORDS, WORD
+
 #: Highest n-gram order of the entailed precision (PARENT uses 4).
 MAX_ORDER = 4
-
-_WORD = re.compile(r"\w+")
-
-#: English function words (a short list in the spirit of the SMART/NLTK lists).
-FUNCTION_WORDS = frozenset("""
-a about above after again against all am an and any are aren as at be because been before being below
-between both but by can cannot could couldn did didn do does doesn doing don down during each few for
-from further had hadn has hasn have haven having he her here hers herself him himself his how i if in
-into is isn it its itself just ll me more most my myself no nor not now of off on once only or other
-our ours ourselves out over own re s same shan she should shouldn so some such t than that the their
-theirs them themselves then there these they this those through to too under until up ve very was
-wasn we were weren what when where which while who whom why will with won would wouldn y you your
-yours yourself yourselves d m o ain ma mightn mustn needn
-""".split())
-
-#: The template of a clarifying question ("are you looking for", "would you like to know
-#: about"): words every question carries whatever its passages say.
-QUESTION_SCAFFOLD = frozenset("""
-looking look want wanted wanting interested interest like know learn find finding mean meant
-tell specific specifically particular kind kinds type types sort please thinking referring
-""".split())
-
-#: Tokens that are not content: dropped from question and passages alike.
-STOPWORDS = FUNCTION_WORDS | QUESTION_SCAFFOLD
 
 
 def metric_words(text: str | None) -> list[str]:
@@ -80,7 +57,7 @@ def metric_words(text: str | None) -> list[str]:
     :func:`rac.retrieval.base.bm25_terms`, which joins words across apostrophes and periods)."""
     if not text:
         return []
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    return WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def content_tokens(text: str | None) -> list[str]:

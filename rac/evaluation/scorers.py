@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError
-from rac.models.factory import check_model_dir
+from rac.models.factory import check_model_dir, load_causal_lm, load_tokenizer
+from rac.text import passage_texts
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +102,6 @@ def _torch_dtype(dtype: str) -> Any:
     import torch
 
     return getattr(torch, dtype)
-
-
-def passage_texts(passages: Sequence[Any] | None) -> list[str]:
-    """Passage texts from record-schema passages (dicts with ``text``) or plain strings."""
-    out = []
-    for p in passages or []:
-        text = p.get("text") if isinstance(p, dict) else p
-        if text and text.strip():
-            out.append(text)
-    return out
 
 
 # ----------------------------------------------------------------------------- NLI
@@ -258,8 +249,6 @@ class FluencyScorer:
     """Mean token log-probability of a question under a causal LM (higher reads more fluently)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32"):
-        from rac.models.factory import load_causal_lm, load_tokenizer
-
         # Right padding: the scored tokens then sit at the same positions as unpadded.
         self.tokenizer = load_tokenizer(path, padding_side="right")
         self.model = load_causal_lm(path, dtype, device)

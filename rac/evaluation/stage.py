@@ -28,26 +28,32 @@ import pyarrow.parquet as pq
 
 from rac.config import ConfigError, package_versions, write_run_info
 from rac.data.schema import PASSAGE_TYPE
+from rac.detector.model import UnsupportedSpanDetector, check_detector_dir
+from rac.evaluation.catalogue import MIXTURE_METRICS, ROW_METRICS
 from rac.evaluation.config import EvaluateConfig, SystemConfig
+from rac.evaluation.figures import build_report
 from rac.evaluation.grounding import parent_grounding
 from rac.evaluation.reference import reference_scores
-from rac.evaluation.report import MIXTURE_METRICS, ROW_METRICS
+from rac.evaluation.rendering import write_markdown, write_plots
 from rac.evaluation.scorers import (
     EntailmentScorer,
     FluencyScorer,
     SemanticSupportScorer,
     check_nli_model,
-    passage_texts,
     resolve_embedding_model,
 )
 from rac.failures import StageResult
-from rac.models.factory import check_model_dir, resolve_device
+from rac.models.factory import check_model_dir, load_causal_lm, load_tokenizer, resolve_device
 from rac.models.generation import GENERATION_FAILURE, greedy_generate
-from rac.models.prompts import prompt_token_ids, question_from_text
+from rac.models.prompts import PromptTooLongError, build_prompt, prompt_token_ids, question_from_text
 from rac.parts import read_stage_output
 from rac.placement import record_placement
 from rac.retrieval.stage import RETRIEVED_COLUMNS, read_retrieved
 from rac.rows import batch_then_rows, row_error
+from rac.text import passage_texts
+
+# Ray and torch are imported inside the functions that use them: the serving app imports
+# rac.evaluation (for parent_grounding) and must import without them.
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +121,6 @@ class GenerateBatch:
     """
 
     def __init__(self, cfg: EvaluateConfig, system: SystemConfig):
-        from rac.models.factory import load_causal_lm, load_tokenizer
-
         self.cfg, self.system = cfg, system
         self.device = resolve_device(cfg.device, cfg.pool.num_gpus)
         self.tokenizer = load_tokenizer(system.path, padding_side="left")
@@ -126,8 +130,6 @@ class GenerateBatch:
 
     def _prompt_ids(self, row: dict[str, Any]) -> tuple[list[int], int] | str:
         """Token ids of the row's prompt, as training built them (``rac.training.data``), or an error."""
-        from rac.models import PromptTooLongError, build_prompt
-
         grounded = self.system.prompt == "grounded"
         try:
             prompt = build_prompt(self.tokenizer, row["query"], row["passages"], grounded=grounded,
@@ -219,8 +221,6 @@ class ScoreBatch:
         self.fluency = FluencyScorer(cfg.fluency_model, device, cfg.dtype) if cfg.fluency_model else None
         self.detector = None
         if cfg.detector:
-            from rac.detector import UnsupportedSpanDetector
-
             self.detector = UnsupportedSpanDetector(cfg.detector, device)
 
     def _score(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
@@ -231,9 +231,7 @@ class ScoreBatch:
                   "semantic_support": self.support.score(texts, passages) if self.support else none,
                   "fluency": self.fluency.score(texts) if self.fluency else none}
         if self.detector is not None:
-            from rac.detector.validity import detector_columns
-
-            results = [detector_columns(r) for r in self.detector.score(texts, passages)]
+            results = [r.columns() for r in self.detector.score(texts, passages)]
             scores.update({k: [r[k] for r in results] for k in ("detector_support", "detector_tokens")})
         else:
             scores.update(detector_support=none, detector_tokens=none)
@@ -282,7 +280,7 @@ def run_model_scores(items: dict[str, tuple[str, Any]], cfg: EvaluateConfig,
 def read_mixture_rows(alpha: float, output_dir: str | Path, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The T2 pairs a negatives run at mixing rate ``alpha`` wrote (its ``negatives/`` parts),
     with the ``extra`` columns too."""
-    from rac.decoding.stage import NEGATIVES_DIR
+    from rac.decoding.stage import NEGATIVES_DIR  # here, not at the top: rac.decoding imports torch
 
     columns = [*NEGATIVES_COLUMNS, *extra]
     table, _ = read_stage_output(
@@ -307,8 +305,6 @@ def check_inputs(cfg: EvaluateConfig) -> Path | None:
         check_model_dir(cfg.fluency_model, "fluency_model", "run `python -m jobs.prepare_model` or unset "
                                                              "fluency_model")
     if cfg.detector:
-        from rac.detector import check_detector_dir
-
         check_detector_dir(cfg.detector, "detector")
     embedding_dir = resolve_embedding_model(cfg.embedding_model)
     if cfg.embedding_model and embedding_dir is None:
@@ -414,8 +410,6 @@ def run_evaluate(cfg: EvaluateConfig) -> StageResult:
         ``rows_in``, per-system ``{evaluated, error_rows}``, ``mixture_rows``, and the paths
         of ``report_json`` and ``report_md``.
     """
-    from rac.evaluation.report import build_report, write_markdown, write_plots
-
     embedding_dir = check_inputs(cfg)
     rows = read_retrieved(cfg.input_dir, cfg.splits).select(list(RETRIEVED_COLUMNS)) if cfg.systems else None
     extra = DETECTOR_COLUMNS if cfg.detector else ()

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from rac.config import ActorPoolConfig, ConfigError, field_help, nested, refuse_wired_keys
 from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig, SamplingParams
+from rac.evaluation.catalogue import ROW_METRICS
 from rac.evaluation.config import EvaluateConfig
-from rac.evaluation.report import ROW_METRICS
 from rac.retrieval import RetrieverConfig
 from rac.training.config import RACConfig, SFTConfig, check_trainer_args
 

@@ -13,16 +13,22 @@ import json
 import logging
 import math
 import statistics
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from rac.evaluation.report import LABELS, ROW_METRICS, fmt, md_table
+from rac.data.corpus import passage_id
+from rac.data.loaders import clean_text
+from rac.evaluation.catalogue import LABELS, ROW_METRICS
+from rac.evaluation.rendering import fmt, md_table
 from rac.evaluation.significance import compare_systems
 from rac.experiment.config import ExperimentConfig, Variant
-from rac.experiment.runner import CONTINUED, GROUNDED, UNGROUNDED, read_events, seed_name
+from rac.experiment.study import CONTINUED, GROUNDED, UNGROUNDED, read_events, seed_name
+from rac.retrieval import read_retrieved
+from rac.training import read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +121,7 @@ def paired(runs_a: list[dict[str, dict[str, Any]]], runs_b: list[dict[str, dict[
 
 def facet_passages(cfg: ExperimentConfig) -> dict[str, str]:
     """Facet id -> id of the passage made from that facet's own description (demo and Qulac), else {}."""
-    from rac.data.corpus import passage_id
-    from rac.data.loaders import clean_text
-
     if cfg.data.format == "demo":
-        from importlib import resources
-
         demo = json.loads(resources.files("rac.data").joinpath("demo/demo.json").read_text(encoding="utf-8"))
         return {f["facet_id"]: passage_id(clean_text(f["passage"])) for t in demo["topics"] for f in t["facets"]}
     if cfg.data.format == "qulac" and cfg.data.path:
@@ -132,8 +133,6 @@ def facet_passages(cfg: ExperimentConfig) -> dict[str, str]:
 
 def gold_passage_recall(cfg: ExperimentConfig, study: Path) -> dict[str, Any]:
     """Per split: share of rows whose gold facet's passage is among the retrieved passages."""
-    from rac.retrieval import read_retrieved
-
     facets = facet_passages(cfg)
     if not facets:
         return {"status": f"not available for data.format {cfg.data.format!r} (no facet descriptions)"}
@@ -160,8 +159,6 @@ SFT_ONLY = {"sft_loss": "loss", "eval_sft_loss": "eval_loss"}
 
 def training_terms(study: Path, runs: list[str]) -> dict[str, Any]:
     """Per training run (``train/<run>``): first and last logged value of each of :data:`TRAINING_TERMS`."""
-    from rac.training import read_metrics
-
     out: dict[str, Any] = {}
     for run in runs:
         records = read_metrics(study / "train" / run)

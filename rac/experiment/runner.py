@@ -24,50 +24,28 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import pyarrow as pa
 
 from rac.config import write_run_info
 from rac.data.schema import VALIDATION_SPLIT
+from rac.decoding.stage import NEGATIVES_DIR, NEGATIVES_SCHEMA, read_negatives, run_generate_negatives
+from rac.evaluation import run_evaluate
 from rac.evaluation.config import SystemConfig
 from rac.experiment.config import ExperimentConfig, SelectionSection, ValidationSection, Variant
+from rac.experiment.results import write_results
+from rac.experiment.study import CONTINUED, EVENTS, GROUNDED, UNGROUNDED, EventLog, now, seed_name
 from rac.failures import StageResult
 from rac.parts import write_part
 from rac.pipeline import external_inputs, manifest_result, run_pipeline, run_stage
+from rac.retrieval import read_retrieved
+from rac.training import run_rac, run_sft
 from rac.training.config import SFTConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
-
-EVENTS = "events.jsonl"
-GROUNDED, UNGROUNDED = "grounded-sft", "ungrounded-sft"
-#: The gamma = 0 baseline: grounded SFT continued on T2's gold questions (same data as RAC, no preference term).
-CONTINUED = "continued-sft"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-class EventLog:
-    """``events.jsonl``: one line per stage event, appended in the order they happen."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, stage: str, event: str, **extra: Any) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"time": _now(), "stage": stage, "event": event, **extra}, default=str) + "\n")
-
-
-def read_events(study_dir: str | Path) -> list[dict[str, Any]]:
-    """The study's event log, oldest first."""
-    path = Path(study_dir) / EVENTS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
 
 # ----------------------------------------------------------------------------- the splits stage
 
@@ -99,8 +77,6 @@ def carve_splits(cfg: SplitsConfig) -> StageResult:
     T1, T2 and val rows are then subsampled to their caps. The test rows are written apart,
     so that nothing before selection reads a folder that holds them.
     """
-    from rac.retrieval import read_retrieved
-
     table = read_retrieved(cfg.retrieve_dir)
     rows, v = table.to_pylist(), cfg.validation
     rng = random.Random(v.seed)
@@ -145,8 +121,6 @@ def sample_chosen_pairs(cfg: PairsConfig) -> StageResult:
     Chosen and rejected then share one style and differ in grounding. A row without a usable
     sample gets an ``error`` (and trains nothing).
     """
-    from rac.decoding.stage import NEGATIVES_DIR, NEGATIVES_SCHEMA, read_negatives
-
     samples = {r["id"]: r for r in read_negatives(cfg.sample_dir, ["id", "rejected", "error"]).to_pylist()}
     rows = read_negatives(cfg.negatives_dir).to_pylist()
     identical = 0
@@ -180,14 +154,8 @@ class SelectConfig:
     rule: SelectionSection
 
 
-def seed_name(system: str, seed: int) -> str:
-    return f"{system}-s{seed}"
-
-
 def validation_table(report: dict[str, Any], variants: list[str], seeds: list[int]) -> list[dict[str, Any]]:
     """Per variant and baseline: every numeric metric of the validation report, mean over seeds."""
-    from statistics import fmean
-
     systems = report["systems"]
     out = []
     for name in [GROUNDED, UNGROUNDED, CONTINUED, *variants]:
@@ -219,7 +187,7 @@ def select_setting(cfg: SelectConfig) -> StageResult:
                  "guard_tolerance": rule.guard_tolerance, "guard_floor": floor, "met_guard": bool(qualified),
                  "rule": f"max validation {rule.metric} (mean over seeds) among variants with {rule.guard_metric} "
                          f">= grounded SFT's - {rule.guard_tolerance:g}",
-                 "table": table, "selected_at": _now()}
+                 "table": table, "selected_at": now()}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "selection.json").write_text(json.dumps(selection, indent=2))
@@ -279,8 +247,6 @@ class Study:
         return manifest
 
     def run(self) -> dict[str, Any]:
-        from rac.experiment.results import write_results
-
         write_run_info(self.dir, "experiment", self.cfg, variants=[v.name for v in self.variants])
         self.shared_stages()
         self.t2_stages()
@@ -298,7 +264,6 @@ class Study:
         base = ["prepare_model"] if cfg.prepare_model else []
         self.stage("splits", SplitsConfig(str(self.path("retrieve")), str(self.path("splits")), cfg.validation),
                    carve_splits, ["retrieve"])
-        from rac.training import run_sft
 
         for grounded, name in ((True, "sft_grounded"), (False, "sft_ungrounded")):
             sft = dataclasses.replace(cfg.sft, grounded=grounded, split="t1", input_dir=self.select_dir,
@@ -307,8 +272,6 @@ class Study:
             self.stage(name, sft, run_sft, ["splits", *base], external_inputs(name, pipe))
 
     def t2_stages(self) -> None:
-        from rac.decoding.stage import run_generate_negatives
-        from rac.training import run_rac, run_sft
 
         cfg = self.cfg
         for seed in cfg.seeds:
@@ -361,8 +324,6 @@ class Study:
         return systems, stages
 
     def evaluate_validation(self) -> None:
-        from rac.evaluation import run_evaluate
-
         systems, stages = self.systems(self.variants)
         val = dataclasses.replace(self.cfg.evaluate, input_dir=self.select_dir, output_dir=str(self.path("validation")),
                                   splits=[VALIDATION_SPLIT], systems=systems, negatives_dirs={})
@@ -386,8 +347,6 @@ class Study:
         return next(v for v in self.variants if v.name == manifest_result(manifest).details["selected"])
 
     def evaluate_test(self, selected: Variant) -> None:
-        from rac.evaluation import run_evaluate
-
         systems, stages = self.systems([selected])
         test = dataclasses.replace(self.cfg.evaluate, input_dir=str(self.path("splits", "test")),
                                    output_dir=str(self.path("test")), splits=["test"], systems=systems,

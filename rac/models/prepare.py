@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rac.config import ConfigError, field_help
+from rac.data.loaders import DataFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ def prepare_model(cfg: PrepareModelConfig) -> Path:
                                                      quantization_config=GgufConfig(dequantize=True), **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
     except (ValueError, OSError, EOFError) as e:  # what the GGUF reader raises on a damaged file
-        from rac.data.loaders import DataFormatError
-
         raise DataFormatError(gguf, "", f"not a readable GGUF model ({e}); download it again or set "
                                         f"gguf_file to another file") from None
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rac.parts import write_json
+from rac.durable import write_json
 from rac.retrieval.base import Hit, IndexMissingError, bm25_terms
 
 logger = logging.getLogger(__name__)

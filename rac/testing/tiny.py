@@ -7,6 +7,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rac.data import load_data
+from rac.detector.train import LABELS, export_detector
+
 EOS = "<|endoftext|>"
 
 
@@ -60,8 +63,6 @@ def tiny_causal_lm(tokenizer: Any, arch: str = "llama", layers: int = 2, hidden:
 
 def demo_texts() -> list[str]:
     """Texts of the built-in demo set (queries, passages, questions) for tokenizer training."""
-    from rac.data import load_data
-
     data = load_data("demo")
     return [d["text"] for d in data.documents] + [r["query"] for r in data.records] + \
         [r["question"] for r in data.records]
@@ -102,8 +103,6 @@ def save_tiny_encoder(path: str | Path, words: Iterable[str], hidden: int = 64, 
         tokenizer.save_pretrained(str(path))
         return path
     from transformers import BertForTokenClassification
-
-    from rac.detector.train import LABELS, export_detector
 
     config.num_labels, config.id2label, config.label2id = 2, LABELS, {v: k for k, v in LABELS.items()}
     return export_detector(BertForTokenClassification(config).eval(), tokenizer, path,

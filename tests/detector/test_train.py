@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs._door import run
-from rac.detector import DetectorConfig, run_train_detector
+from rac.detector import DetectorConfig
+from rac.detector.train import run_train_detector
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 
 from rac.config import ConfigError, parse_config, to_dict
 from rac.experiment import ExperimentConfig, read_events, run_study
-from rac.experiment.runner import EVENTS
+from rac.experiment.study import EVENTS
 from rac.failures import StageResult
 from rac.pipeline import MANIFEST
 from rac.testing.tiny import save_tiny_model
