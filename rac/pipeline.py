@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rac import layout
 from rac.config import (
     ActorPoolConfig,
     ConfigError,
@@ -44,7 +45,7 @@ from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
 from rac.detector.config import DetectorConfig
 from rac.durable import read_json, write_json
-from rac.evaluation.config import EvaluateConfig
+from rac.evaluation.config import GROUNDED_SFT, RAC_SYSTEM, UNGROUNDED_SFT, EvaluateConfig, SystemConfig
 from rac.failures import StageResult
 from rac.models.prepare import PrepareModelConfig
 from rac.retrieval import IndexConfig, RetrieveConfig, RetrieverConfig
@@ -65,15 +66,10 @@ UPSTREAM = {
     "train_rac": ("negatives", "sft_grounded"),
     "evaluate": ("retrieve", "sft_grounded", "sft_ungrounded", "train_rac", "negatives", "train_detector"),
 }
-#: Keys of the stage sections that the pipeline sets from run_dir (a value given there would be lost).
-WIRED_KEYS = {
-    "retriever": ("index_dir",),
-    "sft": ("input_dir", "output_dir", "run_name", "model.path", "grounded"),
-    "negatives": ("input_dir", "output_dir", "grounded_model", "ungrounded_model"),
-    "rac": ("input_dir", "output_dir", "run_name", "model.path"),
-    "detector": ("negatives_dirs", "output_dir", "run_name", "lm_tokenizer"),
-    "evaluate": ("input_dir", "output_dir", "systems", "negatives_dirs", "detector"),
-}
+#: Keys of the stage sections that the pipeline sets from run_dir (the layout's, the index and
+#: the detector's): a value given there would be lost.
+WIRED_KEYS = layout.wired_keys(retriever=("index_dir",), detector=("negatives_dirs", "output_dir", "run_name",
+                                                                   "lm_tokenizer"), evaluate=("detector",))
 MANIFEST = "manifest.json"
 #: Written when a stage starts: the config hash and inputs its output in the folder belongs to.
 STARTED = "started.json"
@@ -121,45 +117,30 @@ class PipelineConfig:
         run = Path(self.run_dir)
         retriever = dataclasses.replace(self.retriever, index_dir=str(run / "index" / "bm25"))
 
-        def sft(grounded: bool) -> SFTConfig:
-            name = "sft_grounded" if grounded else "sft_ungrounded"
-            return dataclasses.replace(self.sft, grounded=grounded, input_dir=str(run / "retrieve" / "retrieved"),
-                                       output_dir=str(run / name), run_name=name,
-                                       model=dataclasses.replace(self.sft.model, path=self.base_model))
-
-        grounded_model, ungrounded_model = run / "sft_grounded" / "model", run / "sft_ungrounded" / "model"
+        retrieved = run / "retrieve" / "retrieved"
+        grounded, ungrounded = run / "sft_grounded", run / "sft_ungrounded"
         cfgs: dict[str, Any] = {
             "index": IndexConfig(data=self.data, retriever=retriever, pool=self.index_pool,
                                  output_dir=str(run / "index")),
             "retrieve": RetrieveConfig(data=self.data, retriever=retriever, pool=self.retrieve_pool,
                                        output_dir=str(run / "retrieve"), show=0),
             "prepare_model": PrepareModelConfig(output_dir=self.base_model),
-            "sft_grounded": sft(True),
-            "sft_ungrounded": sft(False),
-            "negatives": dataclasses.replace(self.negatives, input_dir=str(run / "retrieve"),
-                                             output_dir=str(run / "negatives"), grounded_model=str(grounded_model),
-                                             ungrounded_model=str(ungrounded_model)),
-            "train_rac": dataclasses.replace(self.rac, input_dir=str(run / "negatives" / "negatives"),
-                                             output_dir=str(run / "train_rac"), run_name="train_rac",
-                                             model=dataclasses.replace(self.rac.model, path=str(grounded_model))),
+            "sft_grounded": layout.sft(self.sft, True, retrieved, grounded, self.base_model),
+            "sft_ungrounded": layout.sft(self.sft, False, retrieved, ungrounded, self.base_model),
+            "negatives": layout.negatives(self.negatives, run / "retrieve", run / "negatives", grounded, ungrounded),
+            "train_rac": layout.rac(self.rac, run / "negatives" / "negatives", run / "train_rac", grounded),
         }
         cfgs["train_detector"] = dataclasses.replace(
             self.detector, negatives_dirs=[str(run / "negatives")], output_dir=str(run / "train_detector"),
-            run_name="train_detector", lm_tokenizer=str(grounded_model))
-        cfgs["evaluate"] = _wire_evaluate(self.evaluate, run, grounded_model, ungrounded_model,
-                                          self.negatives.sampling.alpha)
-        if "train_detector" in self.stages:
-            cfgs["evaluate"] = dataclasses.replace(cfgs["evaluate"], detector=str(run / "train_detector" / "model"))
+            run_name="train_detector", lm_tokenizer=layout.model_dir(grounded))
+        systems = [SystemConfig(GROUNDED_SFT, layout.model_dir(grounded), "grounded"),
+                   SystemConfig(UNGROUNDED_SFT, layout.model_dir(ungrounded), "ungrounded"),
+                   SystemConfig(RAC_SYSTEM, layout.model_dir(run / "train_rac"), "grounded")]
+        detector = layout.model_dir(run / "train_detector") if "train_detector" in self.stages else None
+        cfgs["evaluate"] = layout.evaluate(self.evaluate, run / "retrieve", run / "evaluate", systems,
+                                           {str(self.negatives.sampling.alpha): str(run / "negatives")},
+                                           detector=detector)
         return cfgs
-
-
-def _wire_evaluate(cfg: Any, run: Path, grounded_model: Path, ungrounded_model: Path, alpha: float) -> Any:
-    return dataclasses.replace(
-        cfg, input_dir=str(run / "retrieve"), output_dir=str(run / "evaluate"),
-        systems=[{"name": "grounded-sft", "path": str(grounded_model), "prompt": "grounded"},
-                 {"name": "ungrounded-sft", "path": str(ungrounded_model), "prompt": "ungrounded"},
-                 {"name": "rac", "path": str(run / "train_rac" / "model"), "prompt": "grounded"}],
-        negatives_dirs={str(alpha): str(run / "negatives")})
 
 
 # ----------------------------------------------------------------------------- manifests

@@ -16,6 +16,11 @@ from rac.models.generation import check_lengths, max_new_tokens_field, max_promp
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+#: The systems a run evaluates, by name: p_theta0, p_uncond and RAC (the pipeline); a study adds
+#: the gamma = 0 baseline, grounded SFT continued on T2's gold questions (same data as RAC, no
+#: preference term). One list, read by the pipeline, the study and the results.
+GROUNDED_SFT, UNGROUNDED_SFT, RAC_SYSTEM, CONTINUED_SFT = "grounded-sft", "ungrounded-sft", "rac", "continued-sft"
+
 @dataclass
 class SystemConfig:
     """One trained clarifying-question generator to evaluate."""
@@ -58,9 +63,9 @@ class EvaluateConfig:
     splits: list[str] = field_help(["test"], help=f"Splits of input_dir whose rows are evaluated; any of "
                                                   f"{list(SPLITS)}.")
     systems: list[SystemConfig] = dataclasses.field(
-        default_factory=lambda: [SystemConfig("grounded-sft", "outputs/sft/grounded", "grounded"),
-                                 SystemConfig("ungrounded-sft", "outputs/sft/ungrounded", "ungrounded"),
-                                 SystemConfig("rac", "outputs/rac", "grounded")],
+        default_factory=lambda: [SystemConfig(GROUNDED_SFT, "outputs/sft/grounded", "grounded"),
+                                 SystemConfig(UNGROUNDED_SFT, "outputs/sft/ungrounded", "ungrounded"),
+                                 SystemConfig(RAC_SYSTEM, "outputs/rac", "grounded")],
         metadata={"help": "Models to evaluate, each {name, path, prompt}: by default grounded SFT (p_theta0), "
                           "ungrounded SFT (p_uncond, query-only prompt) and RAC. [] with negatives_dirs: only the "
                           "mixture analysis."})

@@ -9,6 +9,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rac import layout
 from rac.config import ActorPoolConfig, ConfigError, field_help, nested, refuse_wired_keys
 from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig, SamplingParams
@@ -25,14 +26,9 @@ VARIANT_KEYS = ("alpha", "gamma", "beta", "loss_type", "chosen_source")
 #: Where C+ of a pair comes from: the gold question (the paper), or the grounded model's own
 #: sample at alpha = 0 drawn with the same row seed (chosen and rejected then share one style).
 CHOSEN_SOURCES = ("gold", "sample")
-#: Keys of the stage sections the runner sets (paths between stages, seeds, the grid's keys):
-#: a value given there would be ignored, so it is refused.
-WIRED_KEYS = {
-    "sft": ("input_dir", "output_dir", "run_name", "model.path", "grounded", "split"),
-    "negatives": ("input_dir", "output_dir", "splits", "grounded_model", "ungrounded_model", "seed"),
-    "rac": ("input_dir", "output_dir", "run_name", "model.path", "seed"),
-    "evaluate": ("input_dir", "output_dir", "splits", "systems", "negatives_dirs"),
-}
+#: Keys of the stage sections the runner sets (the layout's, plus splits and seeds): a value
+#: given there would be ignored, so it is refused.
+WIRED_KEYS = layout.wired_keys(sft=("split",), negatives=("splits", "seed"), rac=("seed",), evaluate=("splits",))
 #: Metrics selection may rank or guard on: those with a per-row score and corpus BLEU.
 SELECTABLE = tuple(m for m in ROW_METRICS if m not in ("meteor", "entailment")) + ("bleu_corpus",)
 

@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 from rac.data.corpus import passage_id
 from rac.data.loaders import clean_text
 from rac.evaluation.catalogue import LABELS, ROW_METRICS
+from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, UNGROUNDED_SFT
 from rac.evaluation.rendering import fmt, md_table
 from rac.evaluation.significance import compare_systems
 from rac.experiment.config import ExperimentConfig, Variant
-from rac.experiment.study import CONTINUED, GROUNDED, UNGROUNDED, read_events, seed_name
+from rac.experiment.study import read_events, seed_name
 from rac.retrieval import read_retrieved
 from rac.training import read_metrics
 
@@ -187,22 +188,22 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
     """Write ``results.json``, ``results.md`` and ``plots/`` into ``study``; returns the results."""
     samples, seed = cfg.evaluate.bootstrap_samples, cfg.evaluate.seed
     test_report = json.loads((study / "test" / "report.json").read_text())
-    families = {GROUNDED: [GROUNDED], UNGROUNDED: [UNGROUNDED],
-                CONTINUED: [seed_name(CONTINUED, s) for s in cfg.seeds],
+    families = {GROUNDED_SFT: [GROUNDED_SFT], UNGROUNDED_SFT: [UNGROUNDED_SFT],
+                CONTINUED_SFT: [seed_name(CONTINUED_SFT, s) for s in cfg.seeds],
                 "rac": [seed_name(selected.name, s) for s in cfg.seeds]}
     runs = {f: [_rows(study, "test", n) for n in names] for f, names in families.items()}
     systems = {f: system_entry(test_report, names, runs[f], samples, seed) for f, names in families.items()}
-    metrics = [m for m in (*ROW_METRICS, "question_words") if m in systems[GROUNDED]["metrics"]]
-    comparisons = [(a, b) for b in (GROUNDED, CONTINUED) for a in families if a not in (b, GROUNDED)]
+    metrics = [m for m in (*ROW_METRICS, "question_words") if m in systems[GROUNDED_SFT]["metrics"]]
+    comparisons = [(a, b) for b in (GROUNDED_SFT, CONTINUED_SFT) for a in families if a not in (b, GROUNDED_SFT)]
     significance = {f"{a} vs {b}": paired(runs[a], runs[b], metrics, samples, seed) for a, b in comparisons}
     selection = json.loads((study / "selection" / "selection.json").read_text())
-    gold_words = [words(r["question"]) for r in runs[GROUNDED][0].values() if r.get("question")]
+    gold_words = [words(r["question"]) for r in runs[GROUNDED_SFT][0].values() if r.get("question")]
     lengths = {"gold": statistics.fmean(gold_words) if gold_words else None,
                **{f: s["metrics"].get("question_words", {}).get("mean") for f, s in systems.items()}}
     results = {
         "study_dir": str(study), "selected": selected.name, "variants": [v.__dict__ | {"name": v.name}
                                                                        for v in variants],
-        "seeds": cfg.seeds, "test_rows": test_report["systems"][GROUNDED]["rows"],
+        "seeds": cfg.seeds, "test_rows": test_report["systems"][GROUNDED_SFT]["rows"],
         # More than 1: the grid or settings changed after test was seen; the log says when.
         "test_evaluations": sum(e["stage"] == "test" and e["event"] == "finished" for e in read_events(study)),
         "systems": systems,
@@ -210,7 +211,7 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
         "diagnosis": {"validity_t2": validity_tables(study), "gold_passage_retrieved": gold_passage_recall(cfg, study),
                       "mean_question_words": lengths,
                       "training_terms": training_terms(study, [seed_name(n, sd) for sd in cfg.seeds
-                                                               for n in (CONTINUED, *(v.name for v in variants))])},
+                                                               for n in (CONTINUED_SFT, *(v.name for v in variants))])},
         "stages": {n: {"skipped": m.get("skipped"), "seconds": m.get("seconds")} for n, m in manifests.items()},
         "metric_status": test_report.get("metric_status", {}),
     }
@@ -318,7 +319,7 @@ def _label(metric: str) -> str:
 def results_markdown(results: dict[str, Any], variants: list[Variant]) -> str:
     """The study's results as Markdown (tables of results.json, the plots linked)."""
     systems = results["systems"]
-    shown = [m for m in SHOWN if m in systems[GROUNDED]["metrics"]]
+    shown = [m for m in SHOWN if m in systems[GROUNDED_SFT]["metrics"]]
     sel = results["selection"]
     lines = [f"# Study results: {Path(results['study_dir']).name}", "",
              f"Selected RAC setting (on validation): **{results['selected']}**. Rule: {sel['rule']}"

@@ -30,14 +30,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from rac import layout
 from rac.config import write_run_info
 from rac.data.schema import VALIDATION_SPLIT
 from rac.decoding.stage import NEGATIVES_DIR, NEGATIVES_SCHEMA, read_negatives, run_generate_negatives
 from rac.evaluation import run_evaluate
-from rac.evaluation.config import SystemConfig
+from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, UNGROUNDED_SFT, SystemConfig
 from rac.experiment.config import ExperimentConfig, SelectionSection, ValidationSection, Variant
 from rac.experiment.results import write_results
-from rac.experiment.study import CONTINUED, EVENTS, GROUNDED, UNGROUNDED, EventLog, now, seed_name
+from rac.experiment.study import EVENTS, EventLog, now, seed_name
 from rac.failures import StageResult
 from rac.parts import write_part
 from rac.pipeline import external_inputs, manifest_result, run_pipeline, run_stage
@@ -158,7 +159,7 @@ def validation_table(report: dict[str, Any], variants: list[str], seeds: list[in
     """Per variant and baseline: every numeric metric of the validation report, mean over seeds."""
     systems = report["systems"]
     out = []
-    for name in [GROUNDED, UNGROUNDED, CONTINUED, *variants]:
+    for name in [GROUNDED_SFT, UNGROUNDED_SFT, CONTINUED_SFT, *variants]:
         runs = [systems[name]] if name in systems else [systems[seed_name(name, s)] for s in seeds
                                                          if seed_name(name, s) in systems]
         if not runs:
@@ -177,7 +178,7 @@ def select_setting(cfg: SelectConfig) -> StageResult:
     table = validation_table(report, cfg.variants, cfg.seeds)
     by_name = {row["system"]: row for row in table}
     rule = cfg.rule
-    floor = by_name[GROUNDED][rule.guard_metric] - rule.guard_tolerance
+    floor = by_name[GROUNDED_SFT][rule.guard_metric] - rule.guard_tolerance
     candidates = [by_name[v] for v in cfg.variants if v in by_name]
     for row in candidates:
         row["qualifies"] = row.get(rule.guard_metric, float("-inf")) >= floor - 1e-12
@@ -216,7 +217,7 @@ class Study:
         return str(self.path("splits", "select"))
 
     def model(self, stage: str) -> str:
-        return str(self.path(*stage.split("/"), "model"))
+        return layout.model_dir(self.path(*stage.split("/")))
 
     @staticmethod
     def negatives_stage(alpha: float, seed: int) -> str:
@@ -266,9 +267,7 @@ class Study:
                    carve_splits, ["retrieve"])
 
         for grounded, name in ((True, "sft_grounded"), (False, "sft_ungrounded")):
-            sft = dataclasses.replace(cfg.sft, grounded=grounded, split="t1", input_dir=self.select_dir,
-                                      output_dir=str(self.path(name)), run_name=name,
-                                      model=dataclasses.replace(cfg.sft.model, path=cfg.base_model))
+            sft = layout.sft(cfg.sft, grounded, self.select_dir, self.path(name), cfg.base_model, split="t1")
             self.stage(name, sft, run_sft, ["splits", *base], external_inputs(name, pipe))
 
     def t2_stages(self) -> None:
@@ -279,11 +278,9 @@ class Study:
                                                                     for v in self.variants) else set())
             for alpha in sorted(alphas):
                 stage = self.negatives_stage(alpha, seed)
-                neg = dataclasses.replace(
-                    cfg.negatives, input_dir=self.select_dir, output_dir=str(self.path(stage)),
-                    splits=["t2"], grounded_model=self.model("sft_grounded"),
-                    ungrounded_model=self.model("sft_ungrounded"), seed=seed,
-                    sampling=dataclasses.replace(cfg.negatives.sampling, alpha=alpha))
+                neg = layout.negatives(cfg.negatives, self.select_dir, self.path(stage), self.path("sft_grounded"),
+                                       self.path("sft_ungrounded"), splits=["t2"], seed=seed,
+                                       sampling=dataclasses.replace(cfg.negatives.sampling, alpha=alpha))
                 self.stage(stage, neg, run_generate_negatives,
                            ["splits", "sft_grounded", "sft_ungrounded"])
             for v in self.variants:
@@ -293,31 +290,29 @@ class Study:
                     self.stage(pairs, PairsConfig(str(self.path(neg)), str(self.path(sample)), str(self.path(pairs))),
                                sample_chosen_pairs, [neg, sample])
                 name = f"train/{seed_name(v.name, seed)}"
-                rac = dataclasses.replace(
-                    cfg.rac, gamma=v.gamma, beta=v.beta, loss_type=v.loss_type, seed=seed,
-                    input_dir=str(self.path(pairs)), output_dir=str(self.path(name)), run_name=seed_name(v.name, seed),
-                    model=dataclasses.replace(cfg.rac.model, path=self.model("sft_grounded")))
+                rac = layout.rac(cfg.rac, self.path(pairs), self.path(name), self.path("sft_grounded"), gamma=v.gamma,
+                                 beta=v.beta, loss_type=v.loss_type, seed=seed)
                 self.stage(name, rac, run_rac, [pairs, "sft_grounded"])
-            self.stage(f"train/{seed_name(CONTINUED, seed)}", self.continued_config(seed), run_sft,
+            self.stage(f"train/{seed_name(CONTINUED_SFT, seed)}", self.continued_config(seed), run_sft,
                        ["splits", "sft_grounded"])
 
     def continued_config(self, seed: int) -> SFTConfig:
         """The gamma = 0 baseline: the rac section's training settings, SFT on T2's gold questions
         from the grounded model (the data RAC sees, without the preference term)."""
-        name = f"train/{seed_name(CONTINUED, seed)}"
+        name = f"train/{seed_name(CONTINUED_SFT, seed)}"
         common = {f.name: getattr(self.cfg.rac, f.name) for f in dataclasses.fields(TrainConfig)}
         return SFTConfig(**{**common, "seed": seed, "input_dir": self.select_dir, "output_dir": str(self.path(name)),
-                            "run_name": seed_name(CONTINUED, seed),
+                            "run_name": seed_name(CONTINUED_SFT, seed),
                             "model": dataclasses.replace(self.cfg.rac.model, path=self.model("sft_grounded"))},
                          grounded=True, split="t2")
 
     def systems(self, variants: list[Variant]) -> tuple[list[SystemConfig], list[str]]:
         """The baselines and ``variants`` (per seed) as evaluation systems, and the stages that made them."""
-        systems = [SystemConfig(GROUNDED, self.model("sft_grounded"), "grounded"),
-                   SystemConfig(UNGROUNDED, self.model("sft_ungrounded"), "ungrounded")]
+        systems = [SystemConfig(GROUNDED_SFT, self.model("sft_grounded"), "grounded"),
+                   SystemConfig(UNGROUNDED_SFT, self.model("sft_ungrounded"), "ungrounded")]
         stages = ["sft_grounded", "sft_ungrounded"]
         for seed in self.cfg.seeds:
-            for system in [CONTINUED, *(v.name for v in variants)]:
+            for system in [CONTINUED_SFT, *(v.name for v in variants)]:
                 stage = f"train/{seed_name(system, seed)}"
                 systems.append(SystemConfig(seed_name(system, seed), self.model(stage), "grounded"))
                 stages.append(stage)
@@ -325,16 +320,14 @@ class Study:
 
     def evaluate_validation(self) -> None:
         systems, stages = self.systems(self.variants)
-        val = dataclasses.replace(self.cfg.evaluate, input_dir=self.select_dir, output_dir=str(self.path("validation")),
-                                  splits=[VALIDATION_SPLIT], systems=systems, negatives_dirs={})
+        val = layout.evaluate(self.cfg.evaluate, self.select_dir, self.path("validation"), systems, {},
+                              splits=[VALIDATION_SPLIT])
         self.stage("validation", val, run_evaluate, ["splits", *stages])
         for source in sorted({v.chosen_source for v in self.variants}):
             # Metric validity on T2: does each faithfulness score rank C+ above C-? (first seed's pairs)
             dirs = {str(v.alpha): str(self.path(self.pairs_stage(v, self.cfg.seeds[0])))
                     for v in self.variants if v.chosen_source == source}
-            validity = dataclasses.replace(self.cfg.evaluate, input_dir=self.select_dir,
-                                           output_dir=str(self.path("validity", source)), systems=[],
-                                           negatives_dirs=dirs)
+            validity = layout.evaluate(self.cfg.evaluate, self.select_dir, self.path("validity", source), [], dirs)
             upstream = sorted({self.pairs_stage(v, self.cfg.seeds[0]) for v in self.variants
                                if v.chosen_source == source})
             self.stage(f"validity/{source}", validity, run_evaluate, upstream)
@@ -348,9 +341,8 @@ class Study:
 
     def evaluate_test(self, selected: Variant) -> None:
         systems, stages = self.systems([selected])
-        test = dataclasses.replace(self.cfg.evaluate, input_dir=str(self.path("splits", "test")),
-                                   output_dir=str(self.path("test")), splits=["test"], systems=systems,
-                                   negatives_dirs={})
+        test = layout.evaluate(self.cfg.evaluate, self.path("splits", "test"), self.path("test"), systems, {},
+                               splits=["test"])
         self.stage("test", test, run_evaluate, ["splits", "selection", *stages])
 
 

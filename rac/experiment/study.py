@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 EVENTS = "events.jsonl"
-GROUNDED, UNGROUNDED = "grounded-sft", "ungrounded-sft"
-#: The gamma = 0 baseline: grounded SFT continued on T2's gold questions (same data as RAC, no preference term).
-CONTINUED = "continued-sft"
 
 
 def now() -> str:

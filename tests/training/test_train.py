@@ -149,7 +149,7 @@ def test_sft_checkpoints_in_object_storage_and_resumes_from_it(ray_local, demo_d
     assert resumed.details["checkpoint"].startswith("rac-ckpt/cut/sft/")
     steps = [m["step"] for m in read_metrics(cut.output_dir)]
     assert steps == list(range(1, total + 1)), "a step was repeated or skipped"
-    a, b = (load_file(f"{s['model_dir']}/model.safetensors") for s in (full, resumed))
+    a, b = (load_file(f"{s.details['model_dir']}/model.safetensors") for s in (full, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
