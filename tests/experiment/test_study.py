@@ -54,8 +54,10 @@ def fake_training(monkeypatch, tmp_path):
 
     base = save_tiny_model(tmp_path / "base")
     fake = FakeTraining(AutoTokenizer.from_pretrained(str(base)))
-    monkeypatch.setattr("rac.training.run_sft", fake)
-    monkeypatch.setattr("rac.training.run_rac", fake)
+    # Where the study calls them (rac.experiment.runner imports them at the top), and in rac.training.
+    for module in ("rac.experiment.runner", "rac.training"):
+        monkeypatch.setattr(f"{module}.run_sft", fake)
+        monkeypatch.setattr(f"{module}.run_rac", fake)
     fake.base = base
     return fake
 
