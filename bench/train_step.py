@@ -154,8 +154,9 @@ def mean_step_tokens(kind: str, config: dict, share_prompt: bool) -> tuple[float
     pair (joint objective), over the training set ``config`` tokenizes (:func:`rac.training.data.example_tokens`)."""
     from rac.config import from_dict
     from rac.training import RACConfig, SFTConfig
+    from rac.training.config import DATA_DIR
     from rac.training.data import example_tokens, load_dataset_dir
-    from rac.training.trainer import DATA_DIR, build_datasets
+    from rac.training.trainer import build_datasets
 
     cfg = from_dict(RACConfig if kind == "rac" else SFTConfig, config)
     build_datasets(cfg, cfg.read_rows())

@@ -16,10 +16,7 @@ from typing import Any
 
 from rac.decoding.config import NegativesConfig
 from rac.evaluation.config import EvaluateConfig, SystemConfig
-from rac.training.config import RACConfig, SFTConfig
-
-#: Subfolder of a training stage's output_dir holding the exported model (Hugging Face format).
-MODEL_DIR = "model"
+from rac.training.config import EXPORT_DIR, RACConfig, SFTConfig
 
 #: Keys of the stage sections that :func:`sft`, :func:`negatives`, :func:`rac` and
 #: :func:`evaluate` set from the layout.
@@ -38,7 +35,7 @@ def wired_keys(**more: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 
 def model_dir(stage_dir: str | Path) -> str:
     """The model a training stage writing into ``stage_dir`` exports."""
-    return str(Path(stage_dir) / MODEL_DIR)
+    return str(Path(stage_dir) / EXPORT_DIR)
 
 
 def sft(section: SFTConfig, grounded: bool, input_dir: str | Path, output_dir: str | Path, base_model: str,

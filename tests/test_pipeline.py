@@ -76,6 +76,7 @@ def test_the_detector_stage_is_optional_and_wired_into_evaluate():
     assert stages["evaluate"].detector == "runs/x/train_detector/model"
 
 
+@pytest.mark.slow
 def test_failed_rows_and_files_cut_short_are_never_taken_as_done(ray_local, tmp_path, monkeypatch):
     cfg = parse_config(PipelineConfig, ["--run_dir", str(tmp_path), "--stages", "[index, retrieve]",
                                         "--retrieve_pool.batch_size", "20"])

@@ -39,8 +39,9 @@ from rac.evaluation.scorers import NOT_AVAILABLE, NOT_CONFIGURED, SemanticSuppor
 from rac.failures import StageResult
 from rac.models.factory import ModelDirError, check_model_dir, resolve_dtype, warn_slow_bf16
 from rac.text import passage_texts
+from rac.training.config import DATA_DIR, EXPORT_DIR, METRICS_FILE
 from rac.training.data import holdout_by_topic, load_dataset_dir, write_dataset
-from rac.training.trainer import check_resources
+from rac.training.trainer import check_resources, launch
 
 # torch, transformers and Ray Train are imported inside the functions that use them, and so is
 # rac.decoding.stage and rac.training.engine (they import torch): a door imports this module to
@@ -48,13 +49,10 @@ from rac.training.trainer import check_resources
 
 logger = logging.getLogger(__name__)
 
-EXPORT_DIR = "model"
-DATA_DIR = "data"
-METRICS_FILE = "metrics.jsonl"
 #: Columns of the negatives the detector reads.
 COLUMNS = ("id", "query", "passages", "passages_used", "chosen", "rejected", "rejected_token_ids", "provenance",
            "mixing_rate", "alpha", "topic_id", "error")
-LABELS = {0: "supported", 1: "unsupported"}
+TOKEN_CLASSES = {0: "supported", 1: "unsupported"}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -153,7 +151,7 @@ def topic_folds(rows: list[dict[str, Any]], k: int, seed: int) -> list[list[dict
     return [[r for r in rows if fold_of[topic_of(r)] == i] for i in range(k)]
 
 
-def examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+def token_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
     """Token-classification examples: C- of each row (provenance labels) and its C+ (all supported).
 
     A gold question repeated across negatives dirs (one per alpha) is one example.
@@ -207,7 +205,7 @@ def new_detector_model(base_model: str | Path) -> Any:
     from transformers import AutoModelForTokenClassification
 
     return AutoModelForTokenClassification.from_pretrained(
-        str(base_model), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+        str(base_model), num_labels=2, id2label=TOKEN_CLASSES, label2id={v: k for k, v in TOKEN_CLASSES.items()})
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -336,26 +334,15 @@ def fit_detector(cfg: DetectorConfig, base_model: Path, lm_path: Path, train_exa
                  info: dict[str, Any]) -> tuple[Path, float]:
     """Write ``train_examples`` under ``cfg.output_dir``, train the detector there on Ray Train,
     and export it; returns ``(model dir, training seconds)``."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).unlink(missing_ok=True)
     write_dataset(train_examples, out / DATA_DIR / "train")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": dataclasses.replace(cfg, output_dir=str(out)), "base_model": str(base_model),
-                           "lm_tokenizer": str(lm_path.resolve()), "info": info},
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.run_name, storage_path=str(out / "ray")))
     t0 = time.perf_counter()
-    result = trainer.fit()
+    launch(train_loop_per_worker, {"cfg": dataclasses.replace(cfg, output_dir=str(out)), "base_model": str(base_model),
+                                   "lm_tokenizer": str(lm_path.resolve()), "info": info},
+           cfg.run_name, cfg.scaling, str(out / "ray"), what="detector training")
     seconds = round(time.perf_counter() - t0, 1)
-    if result.error:
-        raise RuntimeError(f"detector training failed: {result.error}") from result.error
     return check_model_dir(out / EXPORT_DIR, "the exported detector", "training did not export it"), seconds
 
 
@@ -371,7 +358,8 @@ def cross_validate(cfg: DetectorConfig, base_model: Path, lm_path: Path, rows: l
         fold_cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / "cv" / f"fold-{i}"),
                                        run_name=f"{cfg.run_name}-cv{i}")
         info = {"train_topics": sorted({topic_of(r) for r in train}), "fold": i}
-        model_dir, s = fit_detector(fold_cfg, base_model, lm_path, examples(train, tokenizer, cfg.max_length), info)
+        fold_examples = token_examples(train, tokenizer, cfg.max_length)
+        model_dir, s = fit_detector(fold_cfg, base_model, lm_path, fold_examples, info)
         seconds += s
         scored += score_heldout(model_dir, held, embedding_dir)
         logger.info("cross-validation fold %d/%d: %d held-out pairs scored", i + 1, cfg.cv_folds, len(held))
@@ -406,7 +394,7 @@ def run_train_detector(cfg: DetectorConfig) -> StageResult:
     tokenizer = AutoTokenizer.from_pretrained(str(base_model))
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"base_model {base_model} has no fast tokenizer (tokenizer.json); character offsets need one")
-    train_examples = examples(train_rows, tokenizer, cfg.max_length)
+    train_examples = token_examples(train_rows, tokenizer, cfg.max_length)
     if cfg.scaling.num_workers * cfg.per_worker_batch_size > len(train_examples):
         raise ConfigError(f"{len(train_examples)} training examples, fewer than one batch of workers x "
                           f"per_worker_batch_size; lower per_worker_batch_size")

@@ -9,7 +9,9 @@ name metrics from here.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 from rac.evaluation.config import EvaluateConfig
 from rac.evaluation.reference import NOT_AVAILABLE_OFFLINE, wordnet_available
@@ -27,6 +29,11 @@ MIXTURE_METRICS = (*FAITHFULNESS_METRICS, "fluency")
 DETECTOR_METRIC = "detector_support"
 #: The scores compared on the detector's held-out pairs: today's faithfulness scores and it.
 DETECTOR_METRICS = (*FAITHFULNESS_METRICS, DETECTOR_METRIC)
+
+
+def is_figure(x: Any) -> bool:
+    """Whether ``x`` is a figure a table or plot can show: a finite real number (not a bool, not a status)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 LABELS = {
     "bleu": "BLEU (sentence)", "bleu_corpus": "BLEU (corpus)", "rouge_l": "ROUGE-L F1", "meteor": "METEOR",

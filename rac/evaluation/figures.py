@@ -114,7 +114,7 @@ def validity(mixture_rows: list[dict[str, Any]], status: dict[str, str | None],
     return out
 
 
-def examples(generated: dict[str, list[dict[str, Any]]], k: int, seed: int) -> list[dict[str, Any]]:
+def example_questions(generated: dict[str, list[dict[str, Any]]], k: int, seed: int) -> list[dict[str, Any]]:
     """``k`` test rows (seeded choice among rows every system evaluated) with every system's question."""
     by_system = {name: {r["id"]: r for r in rows} for name, rows in generated.items()}
     if not by_system or k == 0:
@@ -147,7 +147,7 @@ def build_report(cfg: EvaluateConfig, generated: dict[str, list[dict[str, Any]]]
         "significance": significance(generated, status, cfg.bootstrap_samples, cfg.seed),
         "mixtures": mixture_sweep(mixture_rows, status),
         "metric_validity": validity(mixture_rows, status),
-        "examples": examples(generated, cfg.num_examples, cfg.seed),
+        "examples": example_questions(generated, cfg.num_examples, cfg.seed),
         "detector": detector_section(cfg, generated, mixture_rows, status) if cfg.detector else None,
         "definitions": DEFINITIONS,
     }

@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rac.evaluation.catalogue import DETECTOR_METRIC, LABELS, MIXTURE_METRICS, ROW_METRICS
-
-
-def _numeric(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+from rac.evaluation.catalogue import DETECTOR_METRIC, LABELS, MIXTURE_METRICS, ROW_METRICS, is_figure
 
 
 def write_plots(report: dict[str, Any], generated: dict[str, list[dict[str, Any]]],
@@ -25,12 +21,12 @@ def write_plots(report: dict[str, Any], generated: dict[str, list[dict[str, Any]
 
     systems = report["systems"]
     bar_metrics = [m for m in ("parent_f1", "semantic_support", "entailment", "rouge_l", "meteor", "meteor_exact")
-                   if any(_numeric(s.get(m)) for s in systems.values())]
+                   if any(is_figure(s.get(m)) for s in systems.values())]
     if systems and bar_metrics:
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(bar_metrics) * max(1, len(systems)) / 2), 4))
         width = 0.8 / len(systems)
         for j, (name, s) in enumerate(systems.items()):
-            values = [s[m] if _numeric(s.get(m)) else 0.0 for m in bar_metrics]
+            values = [s[m] if is_figure(s.get(m)) else 0.0 for m in bar_metrics]
             ax.bar([i + j * width for i in range(len(bar_metrics))], values, width, label=name)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(bar_metrics))])
         ax.set_xticklabels([LABELS[m] for m in bar_metrics], rotation=20, ha="right")
@@ -44,8 +40,8 @@ def write_plots(report: dict[str, Any], generated: dict[str, list[dict[str, Any]
 
     sweep = report["mixtures"]
     if sweep:
-        faith = [m for m in ("parent_f1", "semantic_support", "entailment") if _numeric(sweep[0]["C-"][m])]
-        has_fluency = all(_numeric(e["C-"]["fluency"]) for e in sweep)
+        faith = [m for m in ("parent_f1", "semantic_support", "entailment") if is_figure(sweep[0]["C-"][m])]
+        has_fluency = all(is_figure(e["C-"]["fluency"]) for e in sweep)
         fig, axes = plt.subplots(1, 2 if has_fluency else 1, figsize=(11 if has_fluency else 6, 4), squeeze=False)
         ax = axes[0][0]
         alphas = [e["alpha"] for e in sweep]

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from rac.data.corpus import passage_id
 from rac.data.loaders import clean_text
-from rac.evaluation.catalogue import LABELS, ROW_METRICS
+from rac.evaluation.catalogue import LABELS, ROW_METRICS, is_figure
 from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, UNGROUNDED_SFT
 from rac.evaluation.rendering import fmt, md_table
 from rac.evaluation.significance import compare_systems
@@ -37,9 +37,6 @@ logger = logging.getLogger(__name__)
 SHOWN = ("bleu_corpus", "rouge_l", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
          "semantic_support", "entailment", "fluency", "question_words")
 
-
-def _numeric(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def words(text: str | None) -> int:
@@ -69,7 +66,7 @@ def row_scores(runs: list[dict[str, dict[str, Any]]], metric: str) -> dict[str, 
     out = {}
     for i in runs[0]:
         values = [run[i].get(metric) if i in run and run[i]["error"] is None else None for run in runs]
-        if all(_numeric(v) for v in values):
+        if all(is_figure(v) for v in values):
             out[i] = statistics.fmean(values)
     return out
 
@@ -88,7 +85,7 @@ def system_entry(report: dict[str, Any], names: list[str], runs: list[dict[str, 
     """Mean, per-seed values and 95% intervals (over seeds; over rows) of every metric of one system."""
     metrics: dict[str, Any] = {}
     summaries = [report["systems"][n] for n in names]
-    keys = [k for k, v in summaries[0].items() if _numeric(v) and k not in ("rows", "evaluated", "error_rows",
+    keys = [k for k, v in summaries[0].items() if is_figure(v) and k not in ("rows", "evaluated", "error_rows",
                                                                             "with_reference")]
     for key in [*keys, "question_words"]:
         if key == "question_words":
@@ -97,7 +94,7 @@ def system_entry(report: dict[str, Any], names: list[str], runs: list[dict[str, 
                 continue
             per_seed = [statistics.fmean(x) for x in lengths]
         else:
-            per_seed = [s[key] for s in summaries if _numeric(s.get(key))]
+            per_seed = [s[key] for s in summaries if is_figure(s.get(key))]
             if len(per_seed) != len(summaries):
                 continue
         entry = {"mean": statistics.fmean(per_seed), "per_seed": per_seed, "ci95_seeds": ci95_over_seeds(per_seed)}
@@ -166,7 +163,7 @@ def training_terms(study: Path, runs: list[str]) -> dict[str, Any]:
         terms = {}
         for key in TRAINING_TERMS:
             source = key if any(key in r for r in records) else SFT_ONLY.get(key)
-            values = [r[source] for r in records if source and _numeric(r.get(source))]
+            values = [r[source] for r in records if source and is_figure(r.get(source))]
             if values:
                 terms[key] = {"first": values[0], "last": values[-1]}
         if terms:
@@ -243,7 +240,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
     written: dict[str, str] = {}
     rows = _variant_rows(results, variants)
     baselines = [row for row in results["selection"]["table"] if not row["system"].startswith("rac-")]
-    faith = [m for m in ("parent_f1", "semantic_support") if rows and _numeric(rows[0][1].get(m))]
+    faith = [m for m in ("parent_f1", "semantic_support") if rows and is_figure(rows[0][1].get(m))]
 
     fig, axes = plt.subplots(1, max(1, len(faith)), figsize=(6 * max(1, len(faith)), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], faith, strict=False):
@@ -252,7 +249,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
             ax.annotate(v.name.removeprefix("rac-"), (row["rouge_l"], row[metric]), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
         for row in baselines:
-            if _numeric(row.get(metric)):
+            if is_figure(row.get(metric)):
                 ax.scatter(row["rouge_l"], row[metric], marker="s", color="black")
                 ax.annotate(row["system"], (row["rouge_l"], row[metric]), fontsize=7, textcoords="offset points",
                             xytext=(3, -9))
@@ -268,14 +265,14 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     groups: dict[str, list[tuple[float, float]]] = {}
     for v, row in rows:
-        if _numeric(row.get("parent_f1")):
+        if is_figure(row.get("parent_f1")):
             groups.setdefault(f"RAC g{v.gamma:g} b{v.beta:g} {v.loss_type} {v.chosen_source}", []).append(
                 (v.alpha, row["parent_f1"]))
     for label, points in groups.items():
         points.sort()
         ax.plot([a for a, _ in points], [y for _, y in points], marker="o", label=f"{label} (validation)")
     for source, tables in results["diagnosis"]["validity_t2"].items():
-        sweep = [e for e in tables["mixtures"] if _numeric(e["C-"].get("parent_f1"))]
+        sweep = [e for e in tables["mixtures"] if is_figure(e["C-"].get("parent_f1"))]
         if sweep:
             ax.plot([e["alpha"] for e in sweep], [e["C-"]["parent_f1"] for e in sweep], linestyle="--", marker="x",
                     label=f"C- on T2 ({source} pairs)")
@@ -290,7 +287,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
 
     lengths = results["diagnosis"]["mean_question_words"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = [k for k, v in lengths.items() if _numeric(v)]
+    names = [k for k, v in lengths.items() if is_figure(v)]
     ax.bar(names, [lengths[k] for k in names], color=["grey", *["C0"] * (len(names) - 1)])
     ax.set_ylabel("mean words per question (test)")
     ax.set_title("Question length per system")

@@ -23,10 +23,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rac.evaluation.scorers import NOT_CONFIGURED
 from rac.serving.auth import APIKeyChecker, presented_key
 from rac.serving.config import ServeConfig
 from rac.serving.schemas import ClarifyResponse, ErrorResponse, make_request_model
-from rac.serving.service import NOT_CONFIGURED, ClarifyService, ServingError
+from rac.serving.service import ClarifyService, ServingError
 
 logger = logging.getLogger(__name__)
 

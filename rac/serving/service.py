@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from rac.evaluation.scorers import NOT_CONFIGURED
 from rac.models.prompts import PromptTooLongError, build_prompt
 from rac.retrieval.base import RetrievalError, Retriever, query_error
 from rac.serving.admission import GenerationQueue, Overloaded
@@ -25,7 +26,6 @@ from rac.serving.config import ServeConfig
 logger = logging.getLogger(__name__)
 
 #: What /readyz shows for an optional component that is not configured (it does not make the app unready).
-NOT_CONFIGURED = "not configured"
 
 #: ``status`` of an answer with a clarifying question, and of one where retrieval found no passage
 #: (no question is generated: one without passages would not be grounded in any).

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.data import load_data
-from rac.detector.train import LABELS, export_detector
+from rac.detector.train import TOKEN_CLASSES, export_detector
 
 EOS = "<|endoftext|>"
 
@@ -104,6 +104,6 @@ def save_tiny_encoder(path: str | Path, words: Iterable[str], hidden: int = 64, 
         return path
     from transformers import BertForTokenClassification
 
-    config.num_labels, config.id2label, config.label2id = 2, LABELS, {v: k for k, v in LABELS.items()}
+    config.num_labels, config.id2label, config.label2id = 2, TOKEN_CLASSES, {v: k for k, v in TOKEN_CLASSES.items()}
     return export_detector(BertForTokenClassification(config).eval(), tokenizer, path,
                            info or {"max_length": 128, "threshold": 0.5})

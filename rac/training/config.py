@@ -12,6 +12,10 @@ from typing import Any, ClassVar, Literal
 from rac.config import ConfigError, field_help, nested
 from rac.models.factory import ModelConfig
 
+#: A training run's output_dir (SFT, the joint objective, the detector): the exported model in
+#: Hugging Face format, the tokenized datasets the workers read, the metrics of every step.
+EXPORT_DIR, DATA_DIR, METRICS_FILE = "model", "data", "metrics.jsonl"
+
 
 @dataclass
 class ScalingSection:

@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: The label PyTorch's cross-entropy and TRL skip: the prompt's tokens carry it.
 IGNORE_INDEX = -100
-#: Subfolder of a training run's output_dir holding the tokenized datasets.
-DATA_DIR = "data"
 
 
 def holdout_by_topic(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:

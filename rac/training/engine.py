@@ -31,7 +31,6 @@ from rac.training.forward import install_training_forward
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 #: TRL's log keys and the names this project logs them under (others keep TRL's name).
 METRIC_NAMES = {
     "rewards/margins": "reward_margin",

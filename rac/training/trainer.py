@@ -15,8 +15,8 @@ from rac.failures import StageResult
 from rac.models.factory import load_tokenizer, warn_slow_bf16
 from rac.storage import resolve_storage, storage_root
 from rac.training.checkpoints import checkpoint_storage
-from rac.training.config import RACConfig, SFTConfig, TrainConfig
-from rac.training.data import DATA_DIR, holdout_by_topic, write_dataset
+from rac.training.config import DATA_DIR, EXPORT_DIR, METRICS_FILE, RACConfig, ScalingSection, SFTConfig, TrainConfig
+from rac.training.data import holdout_by_topic, write_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,9 @@ def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> StageResu
     ``ray/<run_name>/`` (Ray Train checkpoints, unless ``checkpoint_storage`` puts them
     elsewhere), ``config.yaml`` and ``run_info.json``.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig
 
-    from rac.training.worker import EXPORT_DIR, train_loop_per_worker
+    from rac.training.worker import train_loop_per_worker
 
     cfg = resolve_storage(copy.deepcopy(cfg), storage_root())  # workers never resolve a relative path
     usable = preflight(cfg)
@@ -110,21 +109,11 @@ def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> StageResu
     counts = build_datasets(cfg, usable)
     write_run_info(out, stage, cfg, rows=rows, examples=counts)
     fs, storage_path = checkpoint_storage(cfg)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "kill_at_step": kill_at_step,
-                           "storage": (fs, f"{storage_path}/{cfg.run_name}")},
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=RunConfig(
-            name=cfg.run_name, storage_path=storage_path, storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.max_failures)),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise RuntimeError(f"training failed: {result.error}") from result.error
+    result = launch(train_loop_per_worker, {"cfg": cfg, "kill_at_step": kill_at_step,
+                                            "storage": (fs, f"{storage_path}/{cfg.run_name}")},
+                    cfg.run_name, cfg.scaling, storage_path, storage_filesystem=fs,
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                    failure_config=FailureConfig(max_failures=cfg.max_failures))
     trained = StageResult(stage, rows_in=rows, details={
         "model_dir": str(out / EXPORT_DIR), "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}})
@@ -132,9 +121,33 @@ def run_training(cfg: TrainConfig, kill_at_step: int | None = None) -> StageResu
     return trained
 
 
+def launch(train_loop: Any, loop_config: dict[str, Any], run_name: str, scaling: ScalingSection, storage_path: str,
+           what: str = "training", **run_config: Any) -> Any:
+    """Run ``train_loop`` on Ray Train's ``TorchTrainer`` with ``scaling``'s workers (gloo on CPU,
+    NCCL on GPUs); the one launch of every training stage (SFT, the joint objective, the detector).
+
+    ``run_config`` adds to Ray Train's ``RunConfig`` (a checkpoint config, a failure config, a
+    storage filesystem). Returns Ray Train's result; raises ``RuntimeError`` naming ``what`` when
+    the run failed.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker={"CPU": scaling.cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=storage_path, **run_config))
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"{what} failed: {result.error}") from result.error
+    return result
+
+
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
     """The metrics a run logged, one record per step (training terms and evaluation merged)."""
-    from rac.training.engine import METRICS_FILE, merge_metric_lines
+    from rac.training.engine import merge_metric_lines
 
     path = Path(output_dir) / METRICS_FILE
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -22,12 +22,11 @@ from typing import Any
 from rac.models.factory import load_model, load_tokenizer, peft_config, resolve_dtype
 from rac.placement import record_placement
 from rac.training.checkpoints import checkpoint_step, latest_checkpoint
-from rac.training.config import TrainConfig
-from rac.training.data import DATA_DIR, load_dataset_dir
+from rac.training.config import DATA_DIR, EXPORT_DIR, METRICS_FILE, TrainConfig
+from rac.training.data import load_dataset_dir
 
 logger = logging.getLogger(__name__)
 
-EXPORT_DIR = "model"
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -120,7 +119,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pyarrow.fs import LocalFileSystem
     from ray.train.huggingface.transformers import RayTrainReportCallback
 
-    from rac.training.engine import METRICS_FILE, FaultInjectionCallback, MetricsCallback
+    from rac.training.engine import FaultInjectionCallback, MetricsCallback
 
     cfg: TrainConfig = config["cfg"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

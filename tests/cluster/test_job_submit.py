@@ -8,8 +8,11 @@ import tempfile
 import time
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.cluster.conftest import BIN
+
+pytestmark = pytest.mark.slow  # a cluster of `ray start` nodes and submitted jobs: CI, not `make test`
 
 
 def test_stage_runs_as_a_ray_job_with_token_auth(ray_cluster, tmp_path):

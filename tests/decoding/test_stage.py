@@ -62,6 +62,7 @@ def _config(model_dirs, input_dir, output_dir, alpha=0.5):
                            pool=ActorPoolConfig(min_size=1, max_size=1, batch_size=4))
 
 
+@pytest.mark.slow
 def test_every_row_kept_and_restart_skips_written_ids(ray_local, tmp_path, model_dirs, retrieved_dir):
     input_dir, t2_ids = retrieved_dir
     cfg = _config(model_dirs, input_dir, tmp_path / "neg")

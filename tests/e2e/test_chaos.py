@@ -10,7 +10,7 @@ compared with that of an uninterrupted run of the same config: the retrieved row
 negatives by id (rejected text, token ids and provenance), the exported models' weights (hash),
 ``report.json``'s metrics, and every stage's rows in and out.
 
-``test_chaos_ci`` (in the quick suite) kills twice on the two first stages; ``test_chaos_full``
+``test_chaos_ci`` kills twice on the two first stages; ``test_chaos_full``
 (``slow``: CI's whole suite) kills 10 times over every stage of the demo pipeline on tiny models.
 """
 
@@ -30,10 +30,12 @@ from pathlib import Path
 import pytest
 
 from rac.pipeline import MANIFEST, STARTED
+from tests.e2e.conftest import ALL_STAGES, demo_args
 from tests.e2e.procs import REPO, descendants, job_env, kill_group, start_job, wait_until
 
+pytestmark = pytest.mark.slow  # pipelines killed and rerun: CI's whole suite, not the quick `make test`
+
 SEED = 13
-ALL_STAGES = ["index", "retrieve", "sft_grounded", "sft_ungrounded", "negatives", "train_rac", "evaluate"]
 
 
 @dataclass
@@ -194,26 +196,11 @@ def test_chaos_ci(ray_local, tmp_path, monkeypatch):
     assert lost == 0 and not mismatches
 
 
-def _full_args(run: Path, base: Path) -> list[str]:
-    args = ["--config", "configs/demo.yaml", "--run_dir", str(run), "--base_model", str(base),
-            "--stages", f"[{', '.join(ALL_STAGES)}]", "--show", "0", "--evaluate.fluency_model", str(base),
-            "--evaluate.bootstrap_samples", "200", "--evaluate.embedding_model", "null",
-            "--retrieve_pool.batch_size", "10", "--negatives.pool.batch_size", "4"]
-    for section in ("sft", "rac"):
-        args += [f"--{section}.max_steps", "2", f"--{section}.scaling.num_workers", "1"]
-    return args
-
-
 @pytest.mark.slow
-def test_chaos_full(tmp_path):
-    """K = 10 kills over every stage of the demo pipeline (tiny models), each followed by a rerun."""
-    from rac.testing.tiny import save_tiny_model
-
-    base = save_tiny_model(tmp_path / "tiny")
-    reference = tmp_path / "reference"
-    done = subprocess.run([sys.executable, "-m", "jobs.pipeline", *_full_args(reference, base)], cwd=REPO,
-                          env=job_env(), capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_chaos_full(demo_run, tmp_path):
+    """K = 10 kills over every stage of the demo pipeline (tiny models), each followed by a rerun,
+    against the session's uninterrupted demo run (tests/e2e/conftest.py)."""
+    reference, base = demo_run.run_dir, demo_run.base_model
 
     rng = random.Random(SEED)
     plan = [Kill("group", "index"), Kill("parts", parts=2), Kill("worker", "retrieve", rng.uniform(0.5, 2)),
@@ -222,8 +209,8 @@ def test_chaos_full(tmp_path):
             Kill("worker", "negatives", rng.uniform(1, 3)), Kill("group", "train_rac", rng.uniform(1, 5)),
             Kill("group", "evaluate", rng.uniform(1, 5))]
     chaos = tmp_path / "chaos"
-    log = run_with_kills(chaos, _full_args(chaos, base), ALL_STAGES, plan, tmp_path)
-    final = subprocess.run([sys.executable, "-m", "jobs.pipeline", *_full_args(chaos, base)], cwd=REPO,
+    log = run_with_kills(chaos, demo_args(chaos, base), ALL_STAGES, plan, tmp_path)
+    final = subprocess.run([sys.executable, "-m", "jobs.pipeline", *demo_args(chaos, base)], cwd=REPO,
                            env=job_env(), capture_output=True, text=True, timeout=1800)
     assert final.returncode == 0, final.stderr[-3000:]
     lost, mismatches = compare_runs(reference, chaos, ALL_STAGES)

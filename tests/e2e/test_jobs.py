@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
-from rac.testing.tiny import save_tiny_model
 from tests.conftest import REPO
+from tests.e2e.conftest import ALL_STAGES, demo_args
+
+pytestmark = pytest.mark.slow  # job processes, each with a Ray of its own: CI's whole suite, not the quick `make test`
 
 
 def run_job(module, *args, timeout=300):
@@ -18,7 +21,7 @@ def run_job(module, *args, timeout=300):
                           text=True, timeout=timeout)
 
 
-STAGES = ["index", "retrieve", "sft_grounded", "sft_ungrounded", "negatives", "train_rac", "evaluate"]
+STAGES = ALL_STAGES
 #: An error line of Ray's C++ core: ``[2026-12-07 12:31:33,946 E 31128 31128] core_worker.cc:...``.
 RAY_ERROR_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ E \d+ \d+\]")
 #: The one E line Ray prints on every healthy run, from its own actors (Ray Data's map workers,
@@ -26,19 +29,10 @@ RAY_ERROR_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ E \d+ \d+\]")
 KNOWN_RAY_ERROR = "has constructor arguments in the object store and max_restarts > 0"
 
 
-def test_main_job_runs_every_stage_and_skips_them_on_rerun(tmp_path):
-    # The demo pipeline (configs/demo.yaml: demo data, embedded BM25, local Ray) with a tiny
-    # model in place of SmolLM2 and two optimizer steps per training stage, through the door
-    # a user runs. (The full demo on SmolLM2 is `make run`; its timing is in the README.)
-    base = save_tiny_model(tmp_path / "tiny")
-    run = tmp_path / "run"
-    args = ["--config", "configs/demo.yaml", "--run_dir", str(run), "--base_model", str(base),
-            "--stages", f"[{', '.join(STAGES)}]", "--show", "2", "--evaluate.fluency_model", str(base),
-            "--evaluate.bootstrap_samples", "200", "--evaluate.embedding_model", "null"]
-    for section in ("sft", "rac"):
-        args += [f"--{section}.max_steps", "2", f"--{section}.scaling.num_workers", "1"]
-    proc = run_job("jobs.pipeline", *args, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_main_job_runs_every_stage_and_skips_them_on_rerun(demo_run):
+    # The demo pipeline through the door a user runs (tests/e2e/conftest.py: tiny models, two
+    # optimizer steps per training stage). (The full demo on SmolLM2 is `make run`; its timing is in the README.)
+    proc, run = demo_run.proc, demo_run.run_dir
     # A quiet log: no bytecode (datasets hashing a TRL function with dill prints it under Ray's
     # stdout capture), no error line of Ray's beyond its own known one.
     log = proc.stdout + proc.stderr
@@ -69,7 +63,7 @@ def test_main_job_runs_every_stage_and_skips_them_on_rerun(tmp_path):
     for stage in STAGES:
         assert manifests[stage]["git_revision"] and "ray" in manifests[stage]["versions"]
 
-    again = run_job("jobs.pipeline", *args, timeout=300)
+    again = run_job("jobs.pipeline", *demo_args(run, demo_run.base_model), timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("unchanged, skipped") == len(STAGES)
 

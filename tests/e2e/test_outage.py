@@ -18,6 +18,8 @@ from rac.pipeline import MANIFEST, PipelineConfig
 from rac.testing.es_server import free_port, start_server, stop_server, wait_http
 from tests.e2e.procs import kill_group, start_job, wait_until
 
+pytestmark = pytest.mark.slow  # a search server stopped and restarted mid-stage: CI, not `make test`
+
 #: 306 queries: the stage is still searching when the server stops (in the runs so far, it stopped
 #: after 3 batches of 5); each failed batch then costs a retry.
 ROWS_PER_QUERY = 3

@@ -3,8 +3,12 @@
 import signal
 import time
 
+import pytest
+
 from rac.testing.tiny import save_tiny_model
 from tests.e2e.procs import alive, descendants, kill_group, session_pids, start_job, wait_until
+
+pytestmark = pytest.mark.slow  # a training job stopped by SIGTERM: CI's whole suite, not the quick `make test`
 
 
 def test_sigterm_during_training_stops_the_run_and_leaves_no_process(tmp_path):

@@ -106,6 +106,7 @@ def test_generation_batches_with_left_padding_and_keeps_failing_rows(lm_dirs, tm
     assert out["bad-input"]["error"] == "input row has an error: retrieval failed: gone"
 
 
+@pytest.mark.slow
 def test_evaluate_job_on_local_ray(ray_local, tmp_path, retrieved_dir, lm_dirs, bert_dir, capsys):
     out = tmp_path / "eval"
     # A tiny exported detector (random head) that was "trained" on topic m1: m2-m4 are its held-out pairs.

@@ -78,6 +78,7 @@ def finished(events, stage):
     return [e for e in events if e["stage"] == stage and e["event"] == "finished"]
 
 
+@pytest.mark.slow
 def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_local, fake_training, tmp_path):
     study = tmp_path / "study"
     cfg = study_config(study, fake_training.base)

@@ -90,6 +90,7 @@ def test_embedded_stage_keeps_every_row(ray_local, tmp_path, queries_file):
     assert [p["score"] for p in jaguar] == sorted((p["score"] for p in jaguar), reverse=True)
 
 
+@pytest.mark.slow
 def test_elasticsearch_stage_matches_embedded(ray_local, tmp_path, queries_file, es_config):
     path, rows = queries_file
     retriever = RetrieverConfig(top_k=5, elasticsearch=es_config)
@@ -141,6 +142,7 @@ def _parts(tmp_path):
     return sorted((tmp_path / "retrieve" / "retrieved").glob("part-*.parquet"))
 
 
+@pytest.mark.slow
 def test_killed_retrieve_resumes_without_redoing_or_losing_rows(ray_local, tmp_path):
     cfg = _retrieve_cfg(tmp_path)
     run_index(IndexConfig(data=cfg.data, retriever=cfg.retriever, output_dir=str(tmp_path / "index")))

@@ -22,6 +22,8 @@ import pytest
 
 from rac.testing.es_server import free_port
 
+pytestmark = pytest.mark.slow  # Ray Serve deployments behind real HTTP: CI's whole suite, not the quick `make test`
+
 MAX_BODY = 2048
 MAX_BATCH = 4
 KEY = "test-key-" + secrets.token_hex(8)

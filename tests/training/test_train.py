@@ -21,6 +21,8 @@ from rac.training.config import DeepSpeedSection, ScalingSection
 from rac.training.data import load_dataset_dir
 from rac.training.trainer import holdout_by_topic, steps_per_epoch
 
+pytestmark = pytest.mark.slow  # Ray Train runs: CI's whole suite, not the quick `make test`
+
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
