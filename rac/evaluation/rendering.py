@@ -8,6 +8,17 @@ from typing import Any
 from rac.evaluation.catalogue import DETECTOR_METRIC, LABELS, MIXTURE_METRICS, ROW_METRICS, is_figure
 
 
+def save_plot(fig: Any, plots_dir: Path, name: str) -> str:
+    """Write ``fig`` to ``plots_dir/<name>.png`` (laid out, 120 dpi) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = str(plots_dir / f"{name}.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(report: dict[str, Any], generated: dict[str, list[dict[str, Any]]],
                 mixture_rows: list[dict[str, Any]], plots_dir: Path) -> dict[str, str]:
     """PNG plots (Agg backend); returns ``{name: path}`` of the plots written."""
@@ -33,10 +44,7 @@ def write_plots(report: dict[str, Any], generated: dict[str, list[dict[str, Any]
         ax.set_ylabel("mean score")
         ax.set_title("Systems on the test rows")
         ax.legend()
-        fig.tight_layout()
-        written["systems"] = str(plots_dir / "systems.png")
-        fig.savefig(written["systems"], dpi=120)
-        plt.close(fig)
+        written["systems"] = save_plot(fig, plots_dir, "systems")
 
     sweep = report["mixtures"]
     if sweep:
@@ -68,10 +76,7 @@ def write_plots(report: dict[str, Any], generated: dict[str, list[dict[str, Any]
             right.legend(fontsize=8)
         ax.set_title("Mixture samples as alpha varies")
         ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        written["alpha_sweep"] = str(plots_dir / "alpha_sweep.png")
-        fig.savefig(written["alpha_sweep"], dpi=120)
-        plt.close(fig)
+        written["alpha_sweep"] = save_plot(fig, plots_dir, "alpha_sweep")
 
         done = [r for r in mixture_rows if r["error"] is None and r.get("mixing_rate") is not None]
         if done:
@@ -84,10 +89,7 @@ def write_plots(report: dict[str, Any], generated: dict[str, list[dict[str, Any]
             ax.set_ylabel("PARENT-G F1 of C-")
             ax.set_title("Grounding score against the mixing rate (T2)")
             ax.legend(fontsize=8)
-            fig.tight_layout()
-            written["validity"] = str(plots_dir / "validity.png")
-            fig.savefig(written["validity"], dpi=120)
-            plt.close(fig)
+            written["validity"] = save_plot(fig, plots_dir, "validity")
     return written
 
 

@@ -24,7 +24,7 @@ from rac.data.corpus import passage_id
 from rac.data.loaders import clean_text
 from rac.evaluation.catalogue import LABELS, ROW_METRICS, is_figure
 from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, UNGROUNDED_SFT
-from rac.evaluation.rendering import fmt, md_table
+from rac.evaluation.rendering import fmt, md_table, save_plot
 from rac.evaluation.significance import compare_systems
 from rac.experiment.config import ExperimentConfig, Variant
 from rac.experiment.study import read_events, seed_name
@@ -257,10 +257,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
         ax.set_xlabel(LABELS["rouge_l"])
         ax.set_ylabel(LABELS[metric])
         ax.set_title(f"Validation: {LABELS[metric]} vs ROUGE-L")
-    fig.tight_layout()
-    written["faithfulness_vs_rouge"] = str(plots_dir / "faithfulness_vs_rouge.png")
-    fig.savefig(written["faithfulness_vs_rouge"], dpi=120)
-    plt.close(fig)
+    written["faithfulness_vs_rouge"] = save_plot(fig, plots_dir, "faithfulness_vs_rouge")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     groups: dict[str, list[tuple[float, float]]] = {}
@@ -280,10 +277,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
     ax.set_ylabel(LABELS["parent_f1"])
     ax.set_title("Faithfulness against alpha")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    written["faithfulness_vs_alpha"] = str(plots_dir / "faithfulness_vs_alpha.png")
-    fig.savefig(written["faithfulness_vs_alpha"], dpi=120)
-    plt.close(fig)
+    written["faithfulness_vs_alpha"] = save_plot(fig, plots_dir, "faithfulness_vs_alpha")
 
     lengths = results["diagnosis"]["mean_question_words"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -291,10 +285,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
     ax.bar(names, [lengths[k] for k in names], color=["grey", *["C0"] * (len(names) - 1)])
     ax.set_ylabel("mean words per question (test)")
     ax.set_title("Question length per system")
-    fig.tight_layout()
-    written["question_length"] = str(plots_dir / "question_length.png")
-    fig.savefig(written["question_length"], dpi=120)
-    plt.close(fig)
+    written["question_length"] = save_plot(fig, plots_dir, "question_length")
     return written
 
 
