@@ -58,7 +58,14 @@ def field_help(default: Any = dataclasses.MISSING, *, help: str, storage: str | 
 
 
 def nested(cls: type, help: str) -> Any:
-    """A field holding a nested config section."""
+    """A field holding a nested config section.
+
+    A section's class is named ``*Config`` (``ModelConfig``, ``DataConfig``), except where that
+    name belongs to the library the section configures (Ray Train's ``ScalingConfig``,
+    DeepSpeed's ``DeepSpeedConfig``, Ray Serve's ``AutoscalingConfig`` and ``DeploymentConfig``)
+    or to a stage's own config (``DetectorConfig``): then ``*Section``, so that no module imports
+    two classes of one name.
+    """
     return dataclasses.field(default_factory=cls, metadata={"help": help})
 
 

@@ -50,7 +50,7 @@ class Variant:
 
 
 @dataclass
-class ValidationSection:
+class ValidationConfig:
     """How the validation split is carved out of T1 and T2, and how T1/T2 are subsampled."""
 
     fraction: float = field_help(
@@ -72,7 +72,7 @@ class ValidationSection:
 
 
 @dataclass
-class SelectionSection:
+class SelectionConfig:
     """The rule that picks the RAC setting on validation (never on test)."""
 
     metric: str = field_help("parent_f1", help=f"Validation metric maximised (mean over seeds); one of "
@@ -116,8 +116,8 @@ class ExperimentConfig:
              f"{list(CHOSEN_SOURCES)}.")
     seeds: list[int] = field_help([0], help="Seeds of the stochastic stages (negatives decoding, RAC and gamma = 0 "
                                             "training); every variant and T2 baseline runs once per seed.")
-    validation: ValidationSection = nested(ValidationSection, "The validation split and T1/T2 subsampling.")
-    selection: SelectionSection = nested(SelectionSection, "How the RAC setting is chosen on validation.")
+    validation: ValidationConfig = nested(ValidationConfig, "The validation split and T1/T2 subsampling.")
+    selection: SelectionConfig = nested(SelectionConfig, "How the RAC setting is chosen on validation.")
     data: DataConfig = nested(DataConfig, "Records and corpus.")
     retriever: RetrieverConfig = nested(RetrieverConfig, "BM25 backend (the embedded index goes to "
                                                          "<study_dir>/index/bm25).")

@@ -36,7 +36,7 @@ from rac.data.schema import VALIDATION_SPLIT
 from rac.decoding.stage import NEGATIVES_DIR, NEGATIVES_SCHEMA, read_negatives, run_generate_negatives
 from rac.evaluation import run_evaluate
 from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, UNGROUNDED_SFT, SystemConfig
-from rac.experiment.config import ExperimentConfig, SelectionSection, ValidationSection, Variant
+from rac.experiment.config import ExperimentConfig, SelectionConfig, ValidationConfig, Variant
 from rac.experiment.results import write_results
 from rac.experiment.study import EVENTS, EventLog, now, seed_name
 from rac.failures import StageResult
@@ -57,7 +57,7 @@ class SplitsConfig:
 
     retrieve_dir: str
     output_dir: str
-    validation: ValidationSection
+    validation: ValidationConfig
 
 
 def _topic(row: dict[str, Any]) -> str:
@@ -152,7 +152,7 @@ class SelectConfig:
     output_dir: str
     variants: list[str]
     seeds: list[int]
-    rule: SelectionSection
+    rule: SelectionConfig
 
 
 def validation_table(report: dict[str, Any], variants: list[str], seeds: list[int]) -> list[dict[str, Any]]:

@@ -164,7 +164,7 @@ def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_l
 
 
 def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
-    from rac.experiment.config import SelectionSection
+    from rac.experiment.config import SelectionConfig
     from rac.experiment.runner import SelectConfig, select_setting
 
     def system(rouge, parent):
@@ -177,12 +177,12 @@ def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
                           "c-s0": system(0.35, 0.22), "c-s1": system(0.35, 0.22)}}
     (tmp_path / "report.json").write_text(json.dumps(report))
     cfg = SelectConfig(str(tmp_path / "report.json"), str(tmp_path / "sel"), ["a", "b", "c"], [0, 1],
-                       SelectionSection())
+                       SelectionConfig())
     assert select_setting(cfg).details["selected"] == "b"
     table = {r["system"]: r for r in json.loads((tmp_path / "sel" / "selection.json").read_text())["table"]}
     assert table["b"]["parent_f1"] == pytest.approx(0.28) and table["continued-sft"]["seeds"] == 2
     assert [table[v]["qualifies"] for v in "abc"] == [False, True, True]
-    strict = SelectConfig(cfg.report, cfg.output_dir, ["a"], [0, 1], SelectionSection(guard_tolerance=0.0))
+    strict = SelectConfig(cfg.report, cfg.output_dir, ["a"], [0, 1], SelectionConfig(guard_tolerance=0.0))
     assert select_setting(strict) == StageResult("selection", rows_in=1, rows_out=1,
                                                  details={"selected": "a", "met_guard": False})
 
