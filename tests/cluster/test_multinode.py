@@ -16,7 +16,8 @@ import pytest
 from rac.pipeline import MANIFEST
 from rac.testing.tiny import save_tiny_model
 from tests.conftest import REPO
-from tests.e2e.test_chaos import ALL_STAGES, compare_runs
+from tests.e2e.conftest import ALL_STAGES
+from tests.e2e.test_chaos import compare_runs
 
 pytestmark = pytest.mark.slow  # three pipeline runs on three nodes: minutes, not seconds
 

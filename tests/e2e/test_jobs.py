@@ -24,9 +24,13 @@ def run_job(module, *args, timeout=300):
 STAGES = ALL_STAGES
 #: An error line of Ray's C++ core: ``[2026-12-07 12:31:33,946 E 31128 31128] core_worker.cc:...``.
 RAY_ERROR_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ E \d+ \d+\]")
-#: The one E line Ray prints on every healthy run, from its own actors (Ray Data's map workers,
-#: Ray Train's preemption watcher), not ours: ray-project/ray#57733, open.
-KNOWN_RAY_ERROR = "has constructor arguments in the object store and max_restarts > 0"
+#: E lines Ray itself prints on healthy runs, none about our work: its own actors (Ray Data's map
+#: workers, Ray Train's preemption watcher) take refs as constructor arguments
+#: (ray-project/ray#57733, open); at shutdown the GCS logs a kill of an actor whose worker has
+#: already exited (Ray 2.60's gcs_actor_scheduler.cc; the twin log in gcs_actor_manager.cc was
+#: demoted as a non-error in ray-project/ray#58544).
+KNOWN_RAY_ERRORS = ("has constructor arguments in the object store and max_restarts > 0",
+                    "gcs_actor_scheduler.cc:538: Failed to kill actor")
 
 
 def test_main_job_runs_every_stage_and_skips_them_on_rerun(demo_run):
@@ -37,7 +41,8 @@ def test_main_job_runs_every_stage_and_skips_them_on_rerun(demo_run):
     # stdout capture), no error line of Ray's beyond its own known one.
     log = proc.stdout + proc.stderr
     assert "Disassembly of" not in log and not re.search(r"\s\d+ (LOAD_FAST|RETURN_VALUE)\b", log), log[-3000:]
-    assert [line for line in log.splitlines() if RAY_ERROR_LINE.search(line) and KNOWN_RAY_ERROR not in line] == []
+    assert [line for line in log.splitlines()
+            if RAY_ERROR_LINE.search(line) and not any(known in line for known in KNOWN_RAY_ERRORS)] == []
     assert proc.stdout.count("ran in") == len(STAGES)
     assert "example clarifying questions:" in proc.stdout and "metrics (test split):" in proc.stdout
     for system in ("grounded-sft", "ungrounded-sft", "rac"):
