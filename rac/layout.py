@@ -30,7 +30,8 @@ WIRED_KEYS: dict[str, tuple[str, ...]] = {
 
 def wired_keys(**more: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """:data:`WIRED_KEYS` plus the keys a runner sets itself, by section."""
-    return {s: tuple(dict.fromkeys(WIRED_KEYS.get(s, ()) + more.get(s, ()))) for s in {*WIRED_KEYS, *more}}
+    sections = dict.fromkeys([*WIRED_KEYS, *more])  # in a fixed order: the first refused key is always the same
+    return {s: tuple(dict.fromkeys(WIRED_KEYS.get(s, ()) + more.get(s, ()))) for s in sections}
 
 
 def model_dir(stage_dir: str | Path) -> str:

@@ -21,7 +21,6 @@ def run_job(module, *args, timeout=300):
                           text=True, timeout=timeout)
 
 
-STAGES = ALL_STAGES
 #: An error line of Ray's C++ core: ``[2026-12-07 12:31:33,946 E 31128 31128] core_worker.cc:...``.
 RAY_ERROR_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ E \d+ \d+\]")
 #: E lines Ray itself prints on healthy runs, none about our work: its own actors (Ray Data's map
@@ -43,14 +42,14 @@ def test_main_job_runs_every_stage_and_skips_them_on_rerun(demo_run):
     assert "Disassembly of" not in log and not re.search(r"\s\d+ (LOAD_FAST|RETURN_VALUE)\b", log), log[-3000:]
     assert [line for line in log.splitlines()
             if RAY_ERROR_LINE.search(line) and not any(known in line for known in KNOWN_RAY_ERRORS)] == []
-    assert proc.stdout.count("ran in") == len(STAGES)
+    assert proc.stdout.count("ran in") == len(ALL_STAGES)
     assert "example clarifying questions:" in proc.stdout and "metrics (test split):" in proc.stdout
     for system in ("grounded-sft", "ungrounded-sft", "rac"):
         assert f"  {system}: " in proc.stdout  # a question of each system beside the passages
         assert any(line.startswith(f"  {system} ") for line in proc.stdout.splitlines())  # its metrics row
 
     # Every row accounted for, stage to stage.
-    manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in STAGES}
+    manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in ALL_STAGES}
     results = {s: m["result"] for s, m in manifests.items()}
     splits = pq.read_table(run / "retrieve" / "retrieved", columns=["split"]).column("split").to_pylist()
     assert results["retrieve"]["rows_in"] == results["retrieve"]["rows_out"] == len(splits) == 102
@@ -65,12 +64,12 @@ def test_main_job_runs_every_stage_and_skips_them_on_rerun(demo_run):
     report = json.loads((run / "evaluate" / "report.json").read_text())
     assert set(report["systems"]) == {"grounded-sft", "ungrounded-sft", "rac"}
     assert all(s["evaluated"] + s["error_rows"] == splits.count("test") for s in report["systems"].values())
-    for stage in STAGES:
+    for stage in ALL_STAGES:
         assert manifests[stage]["git_revision"] and "ray" in manifests[stage]["versions"]
 
     again = run_job("jobs.pipeline", *demo_args(run, demo_run.base_model), timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("unchanged, skipped") == len(STAGES)
+    assert again.stdout.count("unchanged, skipped") == len(ALL_STAGES)
 
 
 def test_index_and_retrieve_jobs_on_elasticsearch(tmp_path, es_config):
