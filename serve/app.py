@@ -70,7 +70,9 @@ class QuestionGeneratorDeployment:
     def __init__(self, cfg: ServeConfig):
         _log_rac_to_serve_logs()
         g = self.batching = cfg.generator
-        self.generator = QuestionGenerator(cfg.model_path, dtype=cfg.dtype, torch_threads=g.torch_threads)
+        self.generator = QuestionGenerator(cfg.model_path, dtype=cfg.dtype, device=cfg.device,
+                                           num_gpus=g.deployment.num_gpus, attn_implementation=cfg.attn_implementation,
+                                           torch_threads=g.torch_threads)
         # The decorator's arguments are fixed when the class is defined; the configured
         # values replace them here, before the first request creates the batch queue.
         self.generate_batch.set_max_batch_size(g.max_batch_size)

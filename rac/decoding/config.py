@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 from rac.config import ActorPoolConfig, ConfigError, field_help, nested
 from rac.data.schema import SPLITS, check_splits
-from rac.models.factory import Device, Dtype, device_field, dtype_field
+from rac.models.factory import (
+    Attention,
+    Device,
+    Dtype,
+    attention_field,
+    check_attention,
+    check_device,
+    device_field,
+    dtype_field,
+)
 from rac.models.generation import check_lengths, max_new_tokens_field, max_prompt_tokens_field
 
 
@@ -71,6 +80,7 @@ class NegativesConfig:
     seed: int = field_help(0, help="Base seed; each row's seed is derived from it and the row id (SHA-256).")
     dtype: Dtype = dtype_field()
     device: Device = device_field()
+    attn_implementation: Attention = attention_field()
     hash_weights: bool = field_help(True, help="Fingerprint the weights files (SHA-256) in the model revisions; "
                                                "false: use their sizes (faster on huge models).")
     pool: ActorPoolConfig = dataclasses.field(
@@ -81,3 +91,5 @@ class NegativesConfig:
     def __post_init__(self) -> None:
         check_lengths(max_prompt_tokens=self.max_prompt_tokens)
         check_splits(self.splits)
+        check_device(self.device, self.pool.num_gpus, "pool.num_gpus")
+        check_attention(self.attn_implementation, "attn_implementation")

@@ -105,8 +105,9 @@ class NegativesBatch:
         self.cfg, self.revisions = cfg, revisions
         device = resolve_device(cfg.device, cfg.pool.num_gpus)
         self.tokenizer = load_tokenizer(cfg.grounded_model)
-        self.decoder = MixtureDecoder(load_causal_lm(cfg.grounded_model, cfg.dtype, device),
-                                      load_causal_lm(cfg.ungrounded_model, cfg.dtype, device),
+        self.decoder = MixtureDecoder(load_causal_lm(cfg.grounded_model, cfg.dtype, device, cfg.attn_implementation),
+                                      load_causal_lm(cfg.ungrounded_model, cfg.dtype, device,
+                                                     cfg.attn_implementation),
                                       self.tokenizer, cfg.sampling)
         record_placement(cfg.output_dir, "negatives_actor")
         logger.info("negatives actor ready on %s", device)

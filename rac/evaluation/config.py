@@ -9,7 +9,16 @@ from typing import Literal
 
 from rac.config import ActorPoolConfig, ConfigError, field_help
 from rac.data.schema import SPLITS, check_splits
-from rac.models.factory import Device, Dtype, device_field, dtype_field
+from rac.models.factory import (
+    Attention,
+    Device,
+    Dtype,
+    attention_field,
+    check_attention,
+    check_device,
+    device_field,
+    dtype_field,
+)
 from rac.models.generation import check_lengths, max_new_tokens_field, max_prompt_tokens_field
 
 #: A system name becomes a file name and a table column: keep it plain.
@@ -74,6 +83,7 @@ class EvaluateConfig:
     stop_at_question: bool = field_help(True, help="Cut each generated question after its first '?' or line.")
     dtype: Dtype = dtype_field()
     device: Device = device_field()
+    attn_implementation: Attention = attention_field()
     nli_model: str | None = field_help(
         None, storage="model",
         help="Local Hugging Face sequence-classification (NLI) model directory whose config's label2id "
@@ -112,6 +122,9 @@ class EvaluateConfig:
         # Callers building the config in code (dataclasses.replace) may give systems as mappings.
         self.systems = [s if isinstance(s, SystemConfig) else SystemConfig(**s) for s in self.systems]
         check_splits(self.splits)
+        check_device(self.device, self.pool.num_gpus, "pool.num_gpus")
+        check_device(self.device, self.score_pool.num_gpus, "score_pool.num_gpus")
+        check_attention(self.attn_implementation, "attn_implementation")
         if not self.systems and not self.negatives_dirs:
             raise ConfigError("nothing to evaluate: list at least one entry in systems (name, path) or give "
                               "negatives_dirs (alpha -> negatives output_dir)")

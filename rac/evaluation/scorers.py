@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.config import ConfigError
-from rac.models.factory import check_model_dir, load_causal_lm, load_tokenizer
+from rac.models.factory import check_model_dir, load_causal_lm, load_tokenizer, resolve_dtype, stored_dtype
 from rac.text import passage_texts
 
 logger = logging.getLogger(__name__)
@@ -98,10 +98,11 @@ def presupposition(question: str) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _torch_dtype(dtype: str) -> Any:
+def _torch_dtype(dtype: str, path: str | Path, device: str) -> Any:
+    """The torch dtype a scorer's model at ``path`` runs in on ``device`` (``auto``: :data:`DTYPE_RULE`)."""
     import torch
 
-    return getattr(torch, dtype)
+    return getattr(torch, resolve_dtype(dtype, device.startswith("cuda"), stored_dtype(path)))
 
 
 # ----------------------------------------------------------------------------- NLI
@@ -137,12 +138,12 @@ class EntailmentScorer:
         Where and in which dtype the model runs.
     """
 
-    def __init__(self, path: str | Path, max_length: int = 512, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, path: str | Path, max_length: int = 512, device: str = "cpu", dtype: str = "auto"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), dtype=_torch_dtype(dtype)).to(device).eval()
+            str(path), dtype=_torch_dtype(dtype, path, device)).to(device).eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:  # decoder classifiers find the last token by the pad id
@@ -198,12 +199,12 @@ def resolve_embedding_model(name: str | None) -> Path | None:
 class SemanticSupportScorer:
     """Max cosine similarity between a question and each of its passages (sentence embeddings)."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32", max_length: int = 256):
+    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "auto", max_length: int = 256):
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path), dtype=_torch_dtype(dtype)).to(device).eval()
+        self.model = AutoModel.from_pretrained(str(path), dtype=_torch_dtype(dtype, path, device)).to(device).eval()
         pooling_file = path / "1_Pooling" / "config.json"  # sentence-transformers layout
         pooling = json.loads(pooling_file.read_text()) if pooling_file.is_file() else {}
         self.cls_pooling = bool(pooling.get("pooling_mode_cls_token")) and not pooling.get("pooling_mode_mean_tokens")
@@ -248,10 +249,10 @@ class SemanticSupportScorer:
 class FluencyScorer:
     """Mean token log-probability of a question under a causal LM (higher reads more fluently)."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "auto", attn_implementation: str = "sdpa"):
         # Right padding: the scored tokens then sit at the same positions as unpadded.
         self.tokenizer = load_tokenizer(path, padding_side="right")
-        self.model = load_causal_lm(path, dtype, device)
+        self.model = load_causal_lm(path, dtype, device, attn_implementation)
         self.device = device
 
     def score(self, questions: Sequence[str]) -> list[float | None]:

@@ -124,7 +124,7 @@ class GenerateBatch:
         self.cfg, self.system = cfg, system
         self.device = resolve_device(cfg.device, cfg.pool.num_gpus)
         self.tokenizer = load_tokenizer(system.path, padding_side="left")
-        self.model = load_causal_lm(system.path, cfg.dtype, self.device)
+        self.model = load_causal_lm(system.path, cfg.dtype, self.device, cfg.attn_implementation)
         record_placement(cfg.output_dir, "generate_actor")
         logger.info("generator %s ready on %s", system.name, self.device)
 
@@ -218,7 +218,8 @@ class ScoreBatch:
         self.entailment = EntailmentScorer(cfg.nli_model, cfg.nli_max_length, device, cfg.dtype) \
             if cfg.nli_model else None
         self.support = SemanticSupportScorer(embedding_dir, device, cfg.dtype) if embedding_dir else None
-        self.fluency = FluencyScorer(cfg.fluency_model, device, cfg.dtype) if cfg.fluency_model else None
+        self.fluency = FluencyScorer(cfg.fluency_model, device, cfg.dtype, cfg.attn_implementation) \
+            if cfg.fluency_model else None
         self.detector = None
         if cfg.detector:
             self.detector = UnsupportedSpanDetector(cfg.detector, device)

@@ -13,15 +13,39 @@ from rac.config import ConfigError, field_help, nested
 logger = logging.getLogger(__name__)
 
 
-#: The dtypes a model's weights may be loaded in.
-Dtype = Literal["float32", "bfloat16", "float16"]
+#: The dtypes a model may be loaded and computed in (``auto``: see :func:`resolve_dtype`).
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 #: The torch devices an actor may run a model on (``auto``: see :func:`resolve_device`).
 Device = Literal["auto", "cpu", "cuda"]
+#: transformers' attention kernels a model may run with (``attn_implementation``).
+Attention = Literal["sdpa", "eager", "flash_attention_2"]
+
+#: What ``dtype: auto`` means, for every stage (the one rule; :func:`resolve_dtype`).
+DTYPE_RULE = (
+    "auto: inference (decoding, evaluation, serving) runs the model in its own dtype (config.json) where the "
+    "device computes it natively: a bfloat16 model runs bfloat16 on GPUs that have it and float16 on those that "
+    "do not, and float32 on CPUs without AVX512-BF16 or AMX; a float32 model runs float32. Training computes in "
+    "bfloat16 mixed precision where the device has it, else float32.")
 
 
 def dtype_field() -> Any:
-    """The config field of a model's weights dtype (:data:`Dtype`)."""
-    return field_help("float32", help="Weights dtype (float32 on CPU; bfloat16 on recent GPUs).")
+    """The config field of an inference stage's model dtype (:data:`Dtype`, :data:`DTYPE_RULE`)."""
+    return field_help("auto", help=f"Model dtype. {DTYPE_RULE}")
+
+
+def attention_field() -> Any:
+    """The config field of a model's attention kernel (:data:`Attention`)."""
+    return field_help("sdpa", help="Attention kernel (transformers' attn_implementation): sdpa (torch's fused "
+                                   "attention), eager, or flash_attention_2 (needs the flash-attn package and a GPU).")
+
+
+def check_attention(value: str, key: str) -> None:
+    """Refuse ``flash_attention_2`` where the flash-attn package is not installed, naming ``key``."""
+    import importlib.util
+
+    if value == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(f"{key} is flash_attention_2 but the flash-attn package is not installed; install it "
+                          f"on the GPU nodes (pip install flash-attn) or set {key}: sdpa")
 
 
 def device_field() -> Any:
@@ -52,11 +76,17 @@ class ModelConfig:
 
     path: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
                            help="Local Hugging Face model directory (python -m jobs.prepare_model writes one).")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field_help(
-        "auto", help="Compute precision: auto picks bfloat16 where the device supports it (CPUs with AVX512-BF16 "
-                     "or AMX, recent GPUs), else float32. Training keeps float32 weights and runs bf16/fp16 as "
-                     "mixed precision.")
+    dtype: Dtype = field_help(
+        "auto", help="Compute precision of training: auto picks bfloat16 where the device supports it (CPUs with "
+                     "AVX512-BF16 or AMX, recent GPUs), else float32; bf16/fp16 run as mixed precision. The weights "
+                     "load in float32 where the optimizer updates them in place (full fine-tuning without "
+                     "DeepSpeed) and in the compute dtype where it does not (LoRA's frozen base; DeepSpeed keeps "
+                     "its own float32 copy). The exported model is written in the base model's dtype.")
+    attn_implementation: Attention = attention_field()
     lora: LoraConfig = nested(LoraConfig, "LoRA adapters.")
+
+    def __post_init__(self) -> None:
+        check_attention(self.attn_implementation, "model.attn_implementation")
 
     def check_exists(self) -> None:
         check_model_dir(self.path, "model.path", "run `python -m jobs.prepare_model` or point model.path at an "
@@ -90,6 +120,14 @@ def check_model_dir(path: str | Path, key: str, hint: str) -> Path:
     return path
 
 
+def check_device(device: str, num_gpus: float, key: str) -> None:
+    """Refuse ``device: cuda`` for an actor that reserves no GPU (``key`` names its ``num_gpus``):
+    Ray shows an actor only the GPUs it reserves."""
+    if device == "cuda" and num_gpus <= 0:
+        raise ConfigError(f"device is 'cuda' but {key} is {num_gpus:g}: a Ray actor sees only the GPUs it reserves; "
+                          f"set {key} to 1 (or a fraction of one) on a GPU cluster, or device: auto")
+
+
 def resolve_device(device: str, num_gpus: float) -> str:
     """The torch device of an actor: ``cuda`` when asked for and visible, ``auto`` as cuda when
     the actor reserves GPUs and one is visible, else ``cpu``.
@@ -106,15 +144,46 @@ def resolve_device(device: str, num_gpus: float) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, use_gpu: bool) -> str:
-    """``dtype`` with ``auto`` resolved for the device: bfloat16 where it is supported, else float32."""
+def bf16_native(use_gpu: bool) -> bool:
+    """Whether the device computes bfloat16 natively (a GPU with bf16; a CPU with AVX512-BF16 or AMX)."""
+    if use_gpu:
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return machine.bf16_supported()
+
+
+def stored_dtype(path: str | Path) -> str:
+    """The dtype a model directory's weights are stored in (its ``config.json``; float32 when unsaid)."""
+    import json
+
+    config = json.loads((Path(path) / "config.json").read_text())
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def resolve_dtype(dtype: str, use_gpu: bool, stored: str | None = None) -> str:
+    """``dtype`` with ``auto`` resolved (:data:`DTYPE_RULE`).
+
+    Parameters
+    ----------
+    dtype
+        The configured dtype; anything but ``auto`` is returned as is.
+    use_gpu
+        Whether the model runs on a GPU.
+    stored
+        The model's own dtype (:func:`stored_dtype`) for inference; None for training's compute
+        precision (bfloat16 where the device has it, else float32).
+    """
     if dtype != "auto":
         return dtype
-    import torch
-
+    if stored is None:
+        return "bfloat16" if bf16_native(use_gpu) else "float32"
+    if stored == "float32":
+        return "float32"
     if use_gpu:
-        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if machine.bf16_supported() else "float32"
+        return "bfloat16" if stored == "bfloat16" and bf16_native(True) else "float16"
+    return "bfloat16" if stored == "bfloat16" and bf16_native(False) else "float32"
 
 
 def slow_bf16_reason(dtype: str, use_gpu: bool) -> str | None:
@@ -155,17 +224,22 @@ def load_tokenizer(path: str | Path, padding_side: str = "left") -> Any:
     return tok
 
 
-def load_model(cfg: ModelConfig, path: str | Path | None = None) -> Any:
-    """The causal LM at ``path`` (default ``cfg.path``) in ``cfg.dtype``; LoRA adapters are
-    added by the trainer (:func:`peft_config`)."""
+def load_model(path: str | Path, dtype: str, attn_implementation: str = "sdpa", device: str = "cpu") -> Any:
+    """The causal LM at ``path`` with its weights in ``dtype`` (a resolved dtype, not ``auto``),
+    loaded straight onto ``device``. LoRA adapters are added by the trainer (:func:`peft_config`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = check_model_dir(path or cfg.path, "model.path", "point it at a saved model")
-    dtype = resolve_dtype(cfg.dtype, use_gpu=torch.cuda.is_available())
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    path = check_model_dir(path, "model.path", "point it at a saved model")
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
+                                                attn_implementation=attn_implementation,
+                                                device_map=None if device == "cpu" else device)
 
 
-def load_causal_lm(path: str | Path, dtype: str, device: str = "cpu") -> Any:
-    """A causal LM from a local directory for inference: eval mode, on ``device``."""
-    return load_model(ModelConfig(path=str(path), dtype=dtype)).to(device).eval()
+def load_causal_lm(path: str | Path, dtype: str = "auto", device: str = "cpu",
+                   attn_implementation: str = "sdpa") -> Any:
+    """A causal LM from a local directory for inference: eval mode, on ``device``, in ``dtype``
+    (``auto``: :data:`DTYPE_RULE`)."""
+    resolved = resolve_dtype(dtype, use_gpu=device.startswith("cuda"), stored=stored_dtype(check_model_dir(
+        path, "model.path", "point it at a saved model")))
+    return load_model(path, resolved, attn_implementation, device).eval()

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rac.config import ConfigError, field_help, nested
-from rac.models.factory import Dtype, dtype_field
+from rac.models.factory import (
+    Attention,
+    Device,
+    Dtype,
+    attention_field,
+    check_attention,
+    check_device,
+    dtype_field,
+)
 from rac.models.generation import check_lengths, max_new_tokens_field, max_prompt_tokens_field
 from rac.retrieval.config import RetrieverConfig
 
@@ -235,6 +243,11 @@ class ServeConfig:
              "the root the jobs wrote to), else the directory serve run/deploy builds the app in.")
     model_name: str | None = field_help(None, help="Name reported in responses (None: the model directory's name).")
     dtype: Dtype = dtype_field()
+    device: Device = field_help(
+        "auto", help="Device of the generator replicas' model: auto is cuda when generator.deployment.num_gpus > 0 "
+                     "and a GPU is visible to the replica, else cpu; cuda refuses the deploy where no GPU is "
+                     "visible.")
+    attn_implementation: Attention = attention_field()
     retriever: RetrieverConfig = nested(RetrieverConfig, "BM25 backend (Elasticsearch when a URL is set).")
     generator: GeneratorConfig = nested(GeneratorConfig, "Generator deployment and batching.")
     ingress: IngressConfig = nested(IngressConfig, "Ingress deployment and timeouts.")
@@ -245,6 +258,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not self.model_path:
             raise ConfigError("model_path must name a Hugging Face model directory")
+        check_device(self.device, self.generator.deployment.num_gpus, "generator.deployment.num_gpus")
+        check_attention(self.attn_implementation, "attn_implementation")
         if self.limits.max_top_k < self.retriever.top_k:
             raise ConfigError(f"limits.max_top_k ({self.limits.max_top_k}) must be >= retriever.top_k "
                               f"({self.retriever.top_k}), the default a request gets")

@@ -41,22 +41,32 @@ class QuestionGenerator:
     model_path
         Hugging Face model directory with ``config.json`` and the tokenizer files.
     dtype
-        Weights dtype name (``float32`` on CPU).
+        Model dtype (``auto``: :data:`rac.models.factory.DTYPE_RULE`).
+    device
+        ``auto``, ``cpu`` or ``cuda`` (:func:`rac.models.factory.resolve_device`, with ``num_gpus``
+        the GPUs the replica reserved); ``cuda`` where no GPU is visible raises ``ConfigError``.
+    num_gpus
+        GPUs the replica reserved.
+    attn_implementation
+        transformers' attention kernel.
     torch_threads
         torch intra-op threads (None: leave as the process has it).
     """
 
-    def __init__(self, model_path: str | Path, dtype: str = "float32", torch_threads: int | None = None):
+    def __init__(self, model_path: str | Path, dtype: str = "auto", device: str = "auto", num_gpus: float = 0,
+                 attn_implementation: str = "sdpa", torch_threads: int | None = None):
         import torch
 
-        from rac.models.factory import check_model_dir, load_causal_lm, load_tokenizer
+        from rac.models.factory import check_model_dir, load_causal_lm, load_tokenizer, resolve_device
 
         path = check_model_dir(model_path, "model_path", "set model_path to an exported model directory")
+        self.device = resolve_device(device, num_gpus)
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.tokenizer = load_tokenizer(path, padding_side="left")
-        self.model = load_causal_lm(path, dtype)
-        logger.info("generator model %s loaded (%s, %d threads)", path, dtype, torch.get_num_threads())
+        self.model = load_causal_lm(path, dtype, self.device, attn_implementation)
+        logger.info("generator model %s loaded (%s on %s, %d threads)", path, self.model.dtype, self.device,
+                    torch.get_num_threads())
 
     def generate(self, prompts: list[str], max_new_tokens: list[int] | int) -> list[str]:
         """One question per prompt, from one batched greedy ``generate``

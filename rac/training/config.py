@@ -4,6 +4,7 @@ objective (step 4), run with TRL's trainers on Ray Train (DeepSpeed optional).""
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -11,6 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from rac.config import ConfigError, field_help, nested
 from rac.models.factory import ModelConfig
+
+logger = logging.getLogger(__name__)
 
 #: A training run's output_dir (SFT, the joint objective, the detector): the exported model in
 #: Hugging Face format, the tokenized datasets the workers read, the metrics of every step.
@@ -35,6 +38,15 @@ class ScalingSection:
             raise ConfigError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
 
 
+#: Keys of a DeepSpeed config that this project's own keys set (through the Trainer's "auto"):
+#: a user's DeepSpeed config may leave them out or say "auto", nothing else.
+DEEPSPEED_OWN_KEYS = {
+    "train_micro_batch_size_per_gpu": "per_worker_batch_size", "train_batch_size": "per_worker_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "gradient_clipping": "deepspeed.gradient_clipping",
+    "bf16": "model.dtype", "fp16": "model.dtype",
+}
+
+
 @dataclass
 class DeepSpeedSection:
     """DeepSpeed ZeRO settings."""
@@ -43,6 +55,103 @@ class DeepSpeedSection:
         0, help="ZeRO stage: 0 trains without DeepSpeed (plain data parallel, fastest on CPU); 2 shards optimizer "
                 "state and gradients; 3 also parameters (models that do not fit one device).")
     gradient_clipping: float = field_help(1.0, help="Clip the global gradient norm to this value (0: off).")
+    config: dict[str, Any] | str | None = field_help(
+        None, help="Your DeepSpeed config, merged over the project's (a mapping, or the path of a JSON file "
+                   "relative to the job's working directory): offload of optimizer state and parameters "
+                   "(zero_optimization.offload_optimizer / offload_param: {device: cpu}), bucket sizes, ... "
+                   "Checked with DeepSpeed's own validation before any work. Batch sizes, accumulation, clipping "
+                   "and precision come from this config's keys (leave them out, or 'auto').")
+
+    def __post_init__(self) -> None:
+        self.merged()  # refuses a config DeepSpeed or this project would not accept, before any work
+
+    def user_config(self) -> dict[str, Any]:
+        """The user's DeepSpeed config (``config``) as a mapping ({} when unset)."""
+        import json
+        from pathlib import Path
+
+        if self.config is None:
+            return {}
+        if isinstance(self.config, dict):
+            return self.config
+        path = Path(self.config)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"deepspeed.config {path} cannot be read ({e.strerror}); give the path of a DeepSpeed "
+                              f"JSON file or the config as a mapping") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"deepspeed.config {path} is not JSON ({e}); fix the file") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"deepspeed.config {path} holds {type(data).__name__}, not a DeepSpeed config object")
+        return data
+
+    def merged(self) -> dict[str, Any] | None:
+        """The DeepSpeed config transformers' Trainer gets ("auto" values come from the training
+        arguments): the project's, with :meth:`user_config` merged over it; None at ZeRO stage 0.
+
+        Raises :class:`ConfigError` naming the key when the user's config sets what this
+        project's keys set, disagrees with ``zero_stage``, or fails DeepSpeed's validation.
+        """
+        user = self.user_config()
+        if self.zero_stage == 0:
+            if user:
+                raise ConfigError("deepspeed.config is set but deepspeed.zero_stage is 0 (no DeepSpeed); set "
+                                  "deepspeed.zero_stage to 1, 2 or 3")
+            return None
+        for key, own in DEEPSPEED_OWN_KEYS.items():
+            value = user.get(key)
+            if value is not None and value != "auto" and not (isinstance(value, dict) and
+                                                             value.get("enabled", "auto") == "auto"):
+                raise ConfigError(f"deepspeed.config.{key} is set by this config's '{own}'; leave it out of "
+                                  f"deepspeed.config (or write \"auto\")")
+        zero = dict(user.get("zero_optimization") or {})
+        if zero.setdefault("stage", self.zero_stage) != self.zero_stage:
+            raise ConfigError(f"deepspeed.config.zero_optimization.stage is {zero['stage']} but deepspeed.zero_stage "
+                              f"is {self.zero_stage}; set the stage with deepspeed.zero_stage alone")
+        if self.zero_stage != 3 and (zero.get("offload_param") or {}).get("device", "none") != "none":
+            raise ConfigError("deepspeed.config.zero_optimization.offload_param needs ZeRO stage 3; set "
+                              "deepspeed.zero_stage: 3, or offload the optimizer state alone (offload_optimizer)")
+        ours: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"},
+            "fp16": {"enabled": "auto"},
+            # ZeRO-3 exports must hold whole weights, not shards.
+            "zero_optimization": {"stage": self.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+            # The Trainer's torch AdamW: DeepSpeed's FusedAdam would compile for a minute on CPU.
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        }
+        merged = _deep_merge(ours, user)
+        _validate_zero(merged["zero_optimization"])
+        return merged
+
+    def offload(self) -> dict[str, str]:
+        """Where ZeRO offloads ``optimizer`` state and ``param``\ eters: ``none``, ``cpu`` or ``nvme``."""
+        zero = (self.merged() or {}).get("zero_optimization", {})
+        return {what: (zero.get(f"offload_{what}") or {}).get("device", "none") for what in ("optimizer", "param")}
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def _validate_zero(zero: dict[str, Any]) -> None:
+    """DeepSpeed's own validation of a ``zero_optimization`` section, as a :class:`ConfigError`."""
+    import pydantic
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    try:
+        DeepSpeedZeroConfig(**zero)
+    except pydantic.ValidationError as e:
+        problems = "; ".join(f"zero_optimization.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                             for err in e.errors())
+        raise ConfigError(f"deepspeed.config is not a valid DeepSpeed config: {problems}") from None
 
 
 @dataclass
@@ -94,9 +203,13 @@ class TrainConfig:
                                               "(each needs its package).")
     group_by_length: bool = field_help(True, help="Batches of rows of similar length (little compute spent on "
                                                   "padding); the order stays a function of (seed, epoch).")
+    gradient_checkpointing: bool = field_help(
+        False, help="Recompute activations in the backward pass instead of keeping them (about a third more "
+                    "compute for a fraction of the activation memory; the memory plan counts it). Turns "
+                    "share_prompt off, and the run log says so.")
     trainer_args: dict[str, Any] = field_help(
         {}, help="Any other field of TRL's SFTConfig / DPOConfig (transformers' TrainingArguments), passed through "
-                 "as is: gradient_checkpointing, lr_scheduler_type, optim, max_grad_norm, ...")
+                 "as is: lr_scheduler_type, optim, gradient_checkpointing_kwargs, ...")
     scaling: ScalingSection = nested(ScalingSection, "Workers and resources.")
     deepspeed: DeepSpeedSection = nested(DeepSpeedSection, "DeepSpeed ZeRO.")
 
@@ -210,7 +323,11 @@ class RACConfig(TrainConfig):
     def trainer(self, **kwargs: Any) -> Any:
         from rac.training.engine import RACDPOTrainer
 
-        return RACDPOTrainer(**kwargs, share_prompt=self.share_prompt)
+        share_prompt = self.share_prompt and not self.gradient_checkpointing
+        if self.share_prompt and not share_prompt:
+            logger.info("share_prompt is off: gradient_checkpointing is on, and the shared-prompt forward does not "
+                        "run under it (each pair's prompt runs twice)")
+        return RACDPOTrainer(**kwargs, share_prompt=share_prompt)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -231,7 +348,9 @@ OWN_KEYS = {
     "per_device_train_batch_size": "per_worker_batch_size", "per_device_eval_batch_size": "per_worker_batch_size",
     "gradient_accumulation_steps": "gradient_accumulation_steps", "eval_steps": "eval_steps",
     "save_steps": "save_steps", "logging_steps": "logging_steps", "seed": "seed", "data_seed": "seed",
-    "report_to": "report_to", "bf16": "model.dtype", "fp16": "model.dtype", "use_cpu": "scaling.use_gpu",
+    "report_to": "report_to", "gradient_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing": "gradient_checkpointing", "bf16": "model.dtype", "fp16": "model.dtype",
+    "use_cpu": "scaling.use_gpu",
     "deepspeed": "deepspeed", "max_grad_norm": "deepspeed.gradient_clipping", "max_length": "max_length",
     "train_sampling_strategy": "group_by_length", "loss_type": "loss_type", "loss_weights": "gamma",
     "beta": "beta", "precompute_ref_log_probs": "precompute_ref_logps", "save_total_limit": "keep_checkpoints",

@@ -11,7 +11,6 @@ with the very next batch, across epoch boundaries too.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -19,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rac.models.factory import load_model, load_tokenizer, peft_config, resolve_dtype
+from rac.models.factory import load_model, load_tokenizer, peft_config, resolve_dtype, stored_dtype
 from rac.placement import record_placement
 from rac.training.checkpoints import checkpoint_step, latest_checkpoint
 from rac.training.config import DATA_DIR, EXPORT_DIR, METRICS_FILE, TrainConfig
@@ -29,27 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 
-def deepspeed_config(cfg: TrainConfig) -> dict[str, Any] | None:
-    """DeepSpeed config for transformers' Trainer ("auto" values come from the training args)."""
-    if cfg.deepspeed.zero_stage == 0:
-        return None
-    return {
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
-        "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-        "zero_optimization": {"stage": cfg.deepspeed.zero_stage,
-                              # ZeRO-3 exports must hold whole weights, not shards.
-                              "stage3_gather_16bit_weights_on_model_save": True},
-        # The Trainer's torch AdamW: DeepSpeed's FusedAdam would compile for a minute on CPU.
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-    }
-
-
 def trainer_arguments(cfg: TrainConfig, local_dir: str, precision: str, has_eval: bool) -> Any:
     """TRL's training arguments of ``cfg``'s kind (``cfg.trl_config``), ``cfg.trainer_args`` passed through last."""
     import trl
 
-    ds = deepspeed_config(cfg)
+    ds = cfg.deepspeed.merged()
     kwargs: dict[str, Any] = dict(
         output_dir=local_dir, run_name=cfg.run_name, per_device_train_batch_size=cfg.per_worker_batch_size,
         per_device_eval_batch_size=cfg.per_worker_batch_size,
@@ -65,9 +48,8 @@ def trainer_arguments(cfg: TrainConfig, local_dir: str, precision: str, has_eval
         max_length=None,  # the driver fitted every prompt to cfg.max_length, trimming passages first
         deepspeed=ds, disable_tqdm=True,
         ddp_find_unused_parameters=False,  # every trained parameter gets a gradient; the search costs a pass
+        activation_checkpointing=cfg.gradient_checkpointing,  # TRL's default is on; ours is the config's
     )
-    if not {"gradient_checkpointing", "activation_checkpointing"} & set(cfg.trainer_args):
-        kwargs["activation_checkpointing"] = False  # TRL turns it on; a 2x-compute trade a small model needs not make
     if ds is not None:
         # Ray Train started the process group; accelerate's state was configured for it.
         kwargs["accelerator_config"] = {"use_configured_state": True}
@@ -94,6 +76,15 @@ def _configure_accelerate(cfg: TrainConfig) -> None:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
+def weights_dtype(cfg: TrainConfig, precision: str) -> str:
+    """The dtype training loads the base weights in: the compute ``precision`` where the optimizer
+    keeps no update in them (LoRA's frozen base; DeepSpeed, which holds its own float32 master
+    copy), else float32 (the optimizer's master copy; bf16/fp16 then run as autocast)."""
+    if cfg.model.lora.enabled or cfg.deepspeed.zero_stage > 0:
+        return precision
+    return "float32"
+
+
 def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any:
     """The TRL trainer of ``cfg`` on the tokenized datasets under ``<output_dir>/data``."""
     from transformers import PrinterCallback
@@ -103,8 +94,7 @@ def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any
     precision = resolve_dtype(cfg.model.dtype, cfg.scaling.use_gpu)
     args = trainer_arguments(cfg, local_dir, precision, has_eval=evaluation is not None)
     tokenizer = load_tokenizer(cfg.model.path, padding_side="right")
-    # Weights stay float32 (the optimizer's master copy); bf16/fp16 run as autocast.
-    model = load_model(dataclasses.replace(cfg.model, dtype="float32"))
+    model = load_model(cfg.model.path, weights_dtype(cfg, precision), cfg.model.attn_implementation)
     model.config.use_cache = False
     trainer = cfg.trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                           processing_class=tokenizer, callbacks=callbacks,
@@ -147,18 +137,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def export_model(trainer: Any, cfg: TrainConfig, path: Path, rank: int) -> None:
-    """Save the trained model in Hugging Face format: ZeRO-3 weights gathered by the
-    Trainer's ``save_model``, LoRA adapters merged into the base weights."""
+    """Save the trained model in Hugging Face format, in the base model's dtype: ZeRO-3 weights
+    gathered by the Trainer's ``save_model``, LoRA adapters merged into the base weights."""
     tmp = path.with_name(path.name + ".tmp")
     trainer.save_model(str(tmp))  # collective under DeepSpeed; rank 0 writes
     if rank == 0:
+        dtype = stored_dtype(cfg.model.path)
         if cfg.model.lora.enabled:
+            import torch
             from peft import PeftModel
 
-            base = load_model(dataclasses.replace(cfg.model, dtype="float32"))
+            base = load_model(cfg.model.path, "float32")  # merged in float32, then stored as the base was
             merged = PeftModel.from_pretrained(base, str(tmp)).merge_and_unload()
             shutil.rmtree(tmp)
-            merged.save_pretrained(str(tmp), safe_serialization=True)
+            merged.to(getattr(torch, dtype)).save_pretrained(str(tmp), safe_serialization=True)
+        elif stored_dtype(tmp) != dtype:
+            load_model(tmp, dtype).save_pretrained(str(tmp), safe_serialization=True)
         tokenizer = trainer.processing_class
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(str(tmp))
