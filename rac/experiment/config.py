@@ -15,6 +15,7 @@ from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig, SamplingParams
 from rac.evaluation.catalogue import ROW_METRICS
 from rac.evaluation.config import EvaluateConfig
+from rac.models.factory import PACKAGED_MODEL_DIR
 from rac.retrieval import RetrieverConfig
 from rac.training.config import RACConfig, SFTConfig, check_trainer_args
 
@@ -105,7 +106,7 @@ class ExperimentConfig:
     study_dir: str = field_help("outputs/experiments/demo", storage="path",
                                 help="Directory of the study; every stage writes a "
                                      "subfolder, results.md and results.json go here.")
-    base_model: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
+    base_model: str = field_help(PACKAGED_MODEL_DIR, storage="path",
                                  help="Model both SFT stages start from.")
     prepare_model: bool = field_help(True, help="Write the packaged SmolLM2 to base_model first when it is missing "
                                                 "(jobs.prepare_model); false for a model of your own.")

@@ -173,3 +173,19 @@ def test_relative_paths_resolve_against_the_storage_root(tmp_path):
     assert cfg.model_path == str(tmp_path / "models" / "m")
     assert cfg.retriever.index_dir == str(tmp_path / "idx")
     assert cfg.auth.api_key_file == str(tmp_path / "secret" / "key")
+
+
+def test_cuda_serving_where_no_gpu_is_visible_is_refused_naming_the_setting(tiny_model_dir, monkeypatch):
+    import torch
+
+    from rac.serving.generator import QuestionGenerator
+    from serve.app import build_app
+
+    with pytest.raises(ConfigError, match=r"^device is 'cuda' but generator.deployment.num_gpus is 0: a Ray actor "
+                                          r"sees only the GPUs it reserves"):
+        build_app({"model_path": str(tiny_model_dir), "device": "cuda"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a replica that reserved a GPU but sees none
+    with pytest.raises(ConfigError, match=r"^device is 'cuda' but no GPU is visible to this actor"):
+        QuestionGenerator(tiny_model_dir, device="cuda", num_gpus=1)
+    generator = QuestionGenerator(tiny_model_dir, device="auto", num_gpus=1)
+    assert generator.device == "cpu" and next(generator.model.parameters()).device.type == "cpu"
