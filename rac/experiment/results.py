@@ -34,7 +34,7 @@ from rac.training import read_metrics
 logger = logging.getLogger(__name__)
 
 #: Columns of the Markdown tables (all metrics are in results.json).
-SHOWN = ("bleu_corpus", "rouge_l", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
+SHOWN = ("bleu_corpus", "rouge_l", "meteor", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
          "semantic_support", "entailment", "fluency", "question_words")
 
 
