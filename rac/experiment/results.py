@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 from importlib import resources
 from pathlib import Path
@@ -25,7 +24,7 @@ from rac.data.loaders import clean_text
 from rac.evaluation.catalogue import LABELS, ROW_METRICS, is_figure
 from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, UNGROUNDED_SFT
 from rac.evaluation.rendering import fmt, md_table, save_plot
-from rac.evaluation.significance import compare_systems
+from rac.evaluation.significance import ci95_over_seeds, compare_systems
 from rac.experiment.config import ExperimentConfig, Variant
 from rac.experiment.study import read_events, seed_name
 from rac.retrieval import read_retrieved
@@ -41,17 +40,6 @@ SHOWN = ("bleu_corpus", "rouge_l", "meteor", "meteor_exact", "parent_precision",
 
 def words(text: str | None) -> int:
     return len((text or "").split())
-
-
-def ci95_over_seeds(values: list[float]) -> list[float] | None:
-    """Student-t 95% interval of the mean over seeds; None with fewer than two seeds."""
-    if len(values) < 2:
-        return None
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    mean = statistics.fmean(values)
-    return [mean - half, mean + half]
 
 
 def _rows(study: Path, split: str, system: str) -> dict[str, dict[str, Any]]:
@@ -107,14 +95,21 @@ def system_entry(report: dict[str, Any], names: list[str], runs: list[dict[str, 
 
 def paired(runs_a: list[dict[str, dict[str, Any]]], runs_b: list[dict[str, dict[str, Any]]], metrics: list[str],
            samples: int, seed: int) -> dict[str, Any]:
-    """Paired tests of a against b on every metric, per-row scores averaged over each side's seeds."""
+    """Paired tests of a against b on every metric, seeds pooled (:func:`~rac.evaluation.significance.compare_systems`
+    on seeds x rows): seed k of a against seed k of b, or against b's one run; rows scored in every run."""
     out = {}
     for metric in metrics:
         a, b = row_scores(runs_a, metric), row_scores(runs_b, metric)
         ids = sorted(set(a) & set(b))
         if len(ids) >= 2:
-            out[metric] = compare_systems([a[i] for i in ids], [b[i] for i in ids], samples=samples, seed=seed)
+            out[metric] = compare_systems(seed_table(runs_a, metric, ids), seed_table(runs_b, metric, ids),
+                                          samples=samples, seed=seed)
     return out
+
+
+def seed_table(runs: list[dict[str, dict[str, Any]]], metric: str, ids: list[str]) -> list[list[float]]:
+    """``metric`` of rows ``ids`` in each run (seed): seeds x rows."""
+    return [[float(run[i][metric]) for i in ids] for run in runs]
 
 
 def facet_passages(cfg: ExperimentConfig) -> dict[str, str]:
