@@ -63,6 +63,12 @@ def ci95_over_seeds(values: Sequence[float]) -> list[float] | None:
     return [float(arr.mean() - half), float(arr.mean() + half)]
 
 
+def over_seeds(values: Sequence[float]) -> dict[str, Any]:
+    """A figure measured once per seed: ``mean``, ``per_seed`` and ``ci95_seeds`` (:func:`ci95_over_seeds`)."""
+    return {"mean": float(np.mean(values)), "per_seed": [float(v) for v in values],
+            "ci95_seeds": ci95_over_seeds(values)}
+
+
 def seed_differences(a: Any, b: Any) -> np.ndarray:
     """``a - b`` as a seeds x rows matrix: 1-D scores are one seed; a side with one seed is paired
     with every seed of the other (a system trained once)."""

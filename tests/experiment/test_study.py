@@ -64,7 +64,7 @@ def fake_training(monkeypatch, tmp_path):
 
 def study_config(study_dir: Path, base: Path, *extra: str) -> ExperimentConfig:
     args = ["--study_dir", str(study_dir), "--base_model", str(base), "--prepare_model", "false",
-            "--grid", "{alpha: [0.5], chosen_source: [gold, sample]}", "--seeds", "[0]", "--retriever.top_k", "3",
+            "--grid", "{alpha: [0.5], pairs.chosen: [gold, sample]}", "--seeds", "[0]", "--retriever.top_k", "3",
             "--negatives.sampling.max_new_tokens", "8", "--negatives.max_prompt_tokens", "168",
             "--negatives.pool", "{min_size: 1, max_size: 1, batch_size: 64}",
             "--evaluate.max_new_tokens", "8", "--evaluate.max_prompt_tokens", "168",
@@ -192,7 +192,11 @@ def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
     ("{alpha: [], gamma: [0.5]}", "the grid is empty"),
     ("{alpha: [0.5], temperature: [0.7]}", "unknown variant key 'grid.temperature'"),
     ("{gama: [0.5]}", "Did you mean 'gamma'"),
-    ("{chosen_source: [silver]}", "chosen_source must be one of"),
+    ("{pairs.chosen: [silver]}", "pairs.chosen must be one of"),
+    ("{pairs: {chosen: [best_of_n]}, pairs.n: [1]}", "pairs.n must be >= 2 for best_of_n"),
+    ("{chosen_source: [gold]}", "grid.chosen_source is now grid.pairs.chosen"),
+    ("{pairs.min_margin: [fast]}", "pairs.min_margin must be a number"),
+    ("{pairs.score: [bleu]}", "pairs.score must be one of"),
     ("{gamma: [1.5]}", "gamma must be in"),
 ])
 def test_bad_grids_are_config_errors(grid, message):
@@ -219,5 +223,6 @@ def test_door_exits_2_on_an_empty_grid(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["demo", "qulac"])
 def test_checked_in_study_configs_parse(name):
     cfg = parse_config(ExperimentConfig, ["--config", str(REPO / "configs" / "experiments" / f"{name}.yaml")])
-    assert {v.chosen_source for v in cfg.variants()} == {"gold", "sample"}
+    assert {v.pairs.chosen for v in cfg.variants()} == {"gold", "sample"}
+    assert [v.name for v in cfg.variants()][0] == "rac-a0.5-g0.5-b0.1-sigmoid-gold"  # the names of before
     assert cfg.evaluate.max_prompt_tokens + cfg.evaluate.max_new_tokens <= cfg.rac.max_length
