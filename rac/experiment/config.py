@@ -190,11 +190,12 @@ class ExperimentConfig:
                                  help="Model both SFT stages start from.")
     prepare_model: bool = field_help(True, help="Write the packaged SmolLM2 to base_model first when it is missing "
                                                 "(jobs.prepare_model); false for a model of your own.")
-    grid: dict[str, Any] = field_help(
+    grid: dict[str, Any] | list[Any] = field_help(
         {"alpha": [0.5], "gamma": [0.5]},
         help=f"RAC variants: the product of the listed values of {list(VARIANT_KEYS)} (the pairs keys dotted, "
              f"'pairs.chosen: [sample, best_of_n]', or nested under pairs); a key left out takes the rac, "
-             f"negatives.sampling or pairs section's value.")
+             f"negatives.sampling or pairs section's value. A list of such mappings: the union of their "
+             f"products (to trim a product to the points worth their time).")
     seeds: list[int] = field_help([0], help="Seeds of the stochastic stages (negatives decoding, RAC and gamma = 0 "
                                             "training, and the SFT models of sft_per_seed); every variant and T2 "
                                             "baseline runs once per seed. The splits do not depend on them "
@@ -251,7 +252,25 @@ class ExperimentConfig:
     def variants(self) -> list[Variant]:
         """The grid's variants in a fixed order (the product of the listed values; settings that make the
         same pairs and the same training, such as n without best_of_n, are one variant)."""
-        grid = _flat_grid(self.grid)
+        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        if not grids:
+            raise ConfigError("the grid is empty; give it a mapping of keys to lists of values, e.g. "
+                              "grid: {alpha: [0.5], gamma: [0.5]}")
+        variants = list({v.name: v for grid in grids for v in self._product(grid)}.values())
+        for v in variants:
+            needs = {"semantic_support": ("embedding_model", self.evaluate.embedding_model),
+                     "entailment": ("nli_model", self.evaluate.nli_model)}.get(v.pairs.build_score or "")
+            if needs and not needs[1]:
+                raise ConfigError(f"pairs.score {v.pairs.score} (variant {v.name}) needs evaluate.{needs[0]}; set "
+                                  f"it, or build the pairs with another score ({list(PAIR_SCORES)})")
+        return variants
+
+    def _product(self, grid: Any) -> list[Variant]:
+        """The variants of one grid mapping (flattened: ``pairs.chosen``)."""
+        if not isinstance(grid, dict):
+            raise ConfigError(f"grid must be a mapping of keys to lists of values, or a list of such mappings; "
+                              f"got {grid!r}")
+        grid = _flat_grid(grid)
         for key in grid:
             if key in RENAMED:
                 raise ConfigError(f"grid.{key} is now grid.{RENAMED[key]} (values {list(CHOSEN_SOURCES)}); rename it")
@@ -266,16 +285,8 @@ class ExperimentConfig:
         base = {"alpha": [self.negatives.sampling.alpha], "gamma": [self.rac.gamma], "beta": [self.rac.beta],
                 "loss_type": [self.rac.loss_type], **{f"pairs.{k}": [getattr(self.pairs, k)] for k in PAIR_KEYS}}
         axes = [list(dict.fromkeys(grid.get(k, base[k]))) for k in VARIANT_KEYS]
-        variants = [_variant(dict(zip(VARIANT_KEYS, values, strict=True)), rac=self.rac,
-                             sampling=self.negatives.sampling) for values in itertools.product(*axes)]
-        variants = list({v.name: v for v in variants}.values())
-        for v in variants:
-            needs = {"semantic_support": ("embedding_model", self.evaluate.embedding_model),
-                     "entailment": ("nli_model", self.evaluate.nli_model)}.get(v.pairs.build_score or "")
-            if needs and not needs[1]:
-                raise ConfigError(f"pairs.score {v.pairs.score} (variant {v.name}) needs evaluate.{needs[0]}; set "
-                                  f"it, or build the pairs with another score ({list(PAIR_SCORES)})")
-        return variants
+        return [_variant(dict(zip(VARIANT_KEYS, values, strict=True)), rac=self.rac, sampling=self.negatives.sampling)
+                for values in itertools.product(*axes)]
 
 
 def _flat_grid(grid: dict[str, Any], prefix: str = "") -> dict[str, Any]:

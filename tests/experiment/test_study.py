@@ -220,9 +220,25 @@ def test_door_exits_2_on_an_empty_grid(tmp_path, capsys):
     assert not (tmp_path / "study").exists()
 
 
-@pytest.mark.parametrize("name", ["demo", "qulac"])
+@pytest.mark.parametrize("name", ["demo", "qulac", "qulac-pairs"])
 def test_checked_in_study_configs_parse(name):
     cfg = parse_config(ExperimentConfig, ["--config", str(REPO / "configs" / "experiments" / f"{name}.yaml")])
-    assert {v.pairs.chosen for v in cfg.variants()} == {"gold", "sample"}
-    assert [v.name for v in cfg.variants()][0] == "rac-a0.5-g0.5-b0.1-sigmoid-gold"  # the names of before
     assert cfg.evaluate.max_prompt_tokens + cfg.evaluate.max_new_tokens <= cfg.rac.max_length
+    if name != "qulac-pairs":
+        assert {v.pairs.chosen for v in cfg.variants()} == {"gold", "sample"}
+        assert [v.name for v in cfg.variants()][0] == "rac-a0.5-g0.5-b0.1-sigmoid-gold"  # the names of before
+        return
+    # The grid, trimmed as its header says: the margin filter at alpha 0.5 only.
+    assert cfg.seeds == [0, 1, 2] and cfg.sft_per_seed == ["grounded"]
+    points = {(v.alpha, v.pairs.chosen, v.pairs.min_margin) for v in cfg.variants()}
+    assert points == {(a, c, None) for a in (0.5, 0.8) for c in ("sample", "best_of_n")} | \
+        {(0.5, c, 0.05) for c in ("sample", "best_of_n")}
+    assert {v.pairs.n for v in cfg.variants() if v.pairs.chosen == "best_of_n"} == {4}
+    assert {v.pairs.build_score for v in cfg.variants()} == {None, "semantic_support"}
+
+
+def test_a_list_of_grids_is_the_union_of_their_products():
+    cfg = parse_config(ExperimentConfig, ["--grid", "[{alpha: [0.5, 0.8]}, {alpha: [0.5], gamma: [0.5, 1.0]}]"])
+    assert [(v.alpha, v.gamma) for v in cfg.variants()] == [(0.5, 0.5), (0.8, 0.5), (0.5, 1.0)]
+    with pytest.raises(ConfigError, match="grid must be a mapping"):
+        parse_config(ExperimentConfig, ["--grid", "[[0.5]]"])
