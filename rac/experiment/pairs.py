@@ -56,7 +56,7 @@ class PairsStageConfig:
 def scoring_config(evaluate: EvaluateConfig, negatives_dir: str, alpha: float, output_dir: str) -> EvaluateConfig:
     """The evaluation settings that make the faithfulness scores of a pairs stage, and nothing else
     (a change of decoding or of the fluency model does not rebuild the pairs)."""
-    return EvaluateConfig(input_dir=evaluate.input_dir, output_dir=output_dir, systems=[],
+    return EvaluateConfig(input_dir=negatives_dir, output_dir=output_dir, systems=[],
                           negatives_dirs={f"{alpha:g}": negatives_dir}, dtype=evaluate.dtype, device=evaluate.device,
                           nli_model=evaluate.nli_model, nli_max_length=evaluate.nli_max_length,
                           embedding_model=evaluate.embedding_model, fluency_model=None, detector=None,

@@ -254,7 +254,7 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
     results = {
         "study_dir": str(study), "selected": selected.name,
         "variants": [dataclasses.asdict(v) | {"name": v.name, "pairs_tag": v.pairs.tag} for v in variants],
-        "seeds": cfg.seeds, "test_rows": test_report["systems"][GROUNDED_SFT]["rows"],
+        "seeds": cfg.seeds, "test_rows": test_report["systems"][families[GROUNDED_SFT][0]]["rows"],
         # More than 1: the grid or settings changed after test was seen; the log says when.
         "test_evaluations": sum(e["stage"] == "test" and e["event"] == "finished" for e in read_events(study)),
         "systems": systems,

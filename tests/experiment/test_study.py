@@ -163,6 +163,35 @@ def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_l
     assert (study / EVENTS).is_file()
 
 
+@pytest.mark.slow
+def test_grounded_pairs_study_over_two_seeds_reports_pairs_seeds_and_the_gaming_check(ray_local, fake_training,
+                                                                                      tmp_path):
+    study = tmp_path / "study"
+    cfg = study_config(study, fake_training.base, "--grid", "{alpha: [0.5], pairs.chosen: [best_of_n], "
+                       "pairs.min_margin: [null, 0.0]}", "--pairs.n", "2", "--pairs.score", "parent_f1",
+                       "--seeds", "[0, 1]", "--sft_per_seed", "[grounded]")
+    results = run_study(cfg)
+    manifests = {s: json.loads((study / s / MANIFEST).read_text()) for s in
+                 ("pairs/a0.5-best2-pf1-s1", "pairs/a0.5-best2-pf1-m0-s1", "sft_grounded-s1", "sft_ungrounded")}
+    margin = manifests["pairs/a0.5-best2-pf1-m0-s1"]["result"]["details"]
+    assert margin["kept"] + margin["dropped_by_margin"] + margin["without_candidate"] == margin["with_negative"]
+    assert manifests["pairs/a0.5-best2-pf1-s1"]["result"]["details"]["dropped_by_margin"] == 0
+    # Seeds: every baseline the bar compares against has one run per seed, and an interval over them.
+    assert results["systems"]["grounded-sft"]["runs"] == ["grounded-sft-s0", "grounded-sft-s1"]
+    assert results["systems"]["ungrounded-sft"]["runs"] == ["ungrounded-sft"]
+    assert len(results["systems"]["grounded-sft"]["metrics"]["parent_f1"]["ci95_seeds"]) == 2
+    assert results["significance"]["rac vs grounded-sft"]["parent_f1"]["seeds"] == 2
+    assert {e["pairs"] for e in results["pairs"]} == {"best2-pf1", "best2-pf1-m0"}
+    entry = next(e for e in results["pairs"] if e["pairs"] == "best2-pf1-m0")
+    assert entry["seeds"] == 2 and entry["validity"]["parent_f1"]["built_with"]
+    assert not entry["validity"]["parent_precision"]["built_with"]
+    assert results["metric_gaming"]["build_score"] == "parent_f1"
+    assert results["metric_gaming"]["check_score"] == "semantic_support"
+    md = (study / "results.md").read_text()
+    assert "## Pairs" in md and "dropped: margin" in md and "## Metric gaming check" in md and "not used" in md
+    assert set(results["diagnosis"]["validity_t2"]) == {"best2-pf1", "best2-pf1-m0"}
+
+
 def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
     from rac.experiment.config import SelectionConfig
     from rac.experiment.runner import SelectConfig, select_setting
