@@ -45,6 +45,7 @@ from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
 from rac.detector.config import DetectorConfig
 from rac.durable import read_json, write_json
+from rac.evaluation.catalogue import is_figure
 from rac.evaluation.config import GROUNDED_SFT, RAC_SYSTEM, UNGROUNDED_SFT, EvaluateConfig, SystemConfig
 from rac.failures import StageResult
 from rac.models.factory import PACKAGED_MODEL_DIR
@@ -287,10 +288,12 @@ def summary_text(cfg: PipelineConfig, manifests: dict[str, dict[str, Any]], widt
             lines.append(f"  gold: {ex.get('gold_question')}")
             for name, q in ex["questions"].items():
                 lines.append(f"  {name}: {q['prediction']}")
-        columns = ["bleu_corpus", "rouge_l", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
+        columns = ["bleu_corpus", "rouge_l", "meteor", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
                    "entailment", "semantic_support"]
         systems = report.get("systems", {})
-        shown = [c for c in columns if any(c in s for s in systems.values())]
+        # METEOR only with WordNet (a number); the exact-match one always.
+        shown = [c for c in columns if any(c in s for s in systems.values())
+                 and (c != "meteor" or any(is_figure(s.get(c)) for s in systems.values()))]
         lines += ["", "metrics (test split):", "  " + "system".ljust(16) + "".join(c[:16].rjust(17) for c in shown)]
         for name, s in systems.items():
             cells = [s.get(c) for c in shown]
