@@ -37,17 +37,20 @@ unit GPU vendors use.
   (KV heads x head dim) and ``i`` the MLP width::
 
       per layer and token = 2 (4h + b h)     two RMSNorms: their float32 input and their output
-                          + b (2h + 2 kv)    q, k, v and the attention output (sdpa and flash
-                                             attention keep no seq x seq scores)
-                          + 4 b i            gate, up, act(gate), act(gate) * up
-                          + 2 b a s          eager attention only: scores and softmax (a heads,
+                          + b (2h + 2 kv)    q, k, v and the attention output
+                          + b h              sdpa / flash attention: the kernel's output (they
+                                             keep no seq x seq scores)
+                          + 2 b a s          eager attention instead: scores and softmax (a heads,
                                              s the row length)
+                          + 4 b i            gate, up, act(gate), act(gate) * up
 
   times the layers and the tokens of a micro-batch, plus the embedding output and the final
   norm. With gradient checkpointing, each layer keeps only its input (``b h`` per token) and one
   layer is recomputed at a time. A preference batch holds the chosen and the rejected rows (2x
-  the rows). The LM head runs on the answer tokens only, in vocabulary tiles
-  (:mod:`rac.training.forward`): ``answer tokens x min(vocab, 32768) x 4 bytes x 2``.
+  the rows). Checked against what autograd keeps on a small Llama on CPU
+  (``tests/models/test_memory_measured.py``: within 10%, sdpa and eager). The LM head runs on
+  the answer tokens only, in vocabulary tiles (:mod:`rac.training.forward`):
+  ``answer tokens x min(vocab, 32768) x 4 bytes x 2``.
 - *The reference model* of the joint objective when ``precompute_ref_logps`` is off: its
   weights in the compute dtype (sharded under ZeRO 3), forward only.
 - *Inference* (negatives, evaluation, serving): the weights in the resolved dtype, the KV cache
@@ -220,6 +223,8 @@ def _layer_bytes_per_token(shape: ModelShape, b: int, row_tokens: int, attention
     per = 2 * (4 * h + b * h) + b * (2 * h + 2 * kv) + 4 * b * i
     if attention == "eager":
         per += 2 * b * shape.heads * row_tokens
+    else:
+        per += b * h  # the fused kernel's output, which its backward keeps
     return per
 
 
