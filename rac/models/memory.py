@@ -426,3 +426,20 @@ def replace(cfg: Any, **changes: Any) -> Any:
     for head, sub in nested.items():
         top[head] = replace(getattr(cfg, head), **sub)
     return dataclasses.replace(cfg, **top)
+
+
+def cpu_allocations(fn: Callable[[], Any]) -> tuple[int, int]:
+    """``(peak, end)`` bytes the CPU allocator holds while ``fn`` runs, over what it held before:
+    every allocation and free torch's profiler records, summed in time order (the measured side
+    of the plan's estimates on CPU, in the tests and ``bench/memory_plan.py``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    now = peak = 0
+    for e in events:
+        now += e.nbytes()
+        peak = max(peak, now)
+    return peak, now

@@ -1,7 +1,8 @@
 """The memory plan's estimates against memory measured on CPU (a small Llama, float32).
 
-Measured with torch's profiler: every allocation and free of the CPU allocator inside the
-window, summed in time order (the peak of that sum, plus what was allocated before the window).
+Measured with torch's profiler (:func:`rac.models.memory.cpu_allocations`): every allocation and
+free of the CPU allocator inside the window, summed in time order (the peak of that sum, plus what
+was allocated before the window).
 
 Stated tolerances:
 - activations (what autograd keeps after the forward): within 10% of the estimate, sdpa and eager;
@@ -18,7 +19,7 @@ import json
 import pytest
 import torch
 
-from rac.models.memory import activation_bytes, lm_head_bytes, model_shape, model_states_bytes
+from rac.models.memory import activation_bytes, cpu_allocations, lm_head_bytes, model_shape, model_states_bytes
 
 ROWS, TOKENS = 4, 256
 
@@ -41,21 +42,6 @@ def _model(config, checkpointing: bool = False):
     return model
 
 
-def measured(fn) -> tuple[int, int]:
-    """``(peak, end)`` bytes allocated on the CPU while ``fn`` runs, over what was there before."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    now = peak = 0
-    for e in events:
-        now += e.nbytes()
-        peak = max(peak, now)
-    return peak, now
-
-
 def _shape(config):
     return model_shape(json.loads(config.to_json_string()))
 
@@ -66,7 +52,7 @@ def test_activations_within_ten_percent_of_what_autograd_keeps(attention, one_to
     model = _model(config)
     x = torch.randint(0, config.vocab_size, (ROWS, TOKENS))
     out = {}
-    _, kept = measured(lambda: out.update(logits=model(input_ids=x).logits))
+    _, kept = cpu_allocations(lambda: out.update(logits=model(input_ids=x).logits))
     kept -= out["logits"].numel() * 4  # the output, not an activation
     estimate = activation_bytes(_shape(config), ROWS, TOKENS, "float32", False, attention)
     assert abs(estimate - kept) <= 0.1 * kept, (estimate, kept)
@@ -77,7 +63,7 @@ def test_checkpointed_activations_bound_what_is_kept(one_torch_thread):
     model = _model(config, checkpointing=True)
     x = torch.randint(0, config.vocab_size, (ROWS, TOKENS))
     out = {}
-    _, kept = measured(lambda: out.update(logits=model(input_ids=x).logits))
+    _, kept = cpu_allocations(lambda: out.update(logits=model(input_ids=x).logits))
     kept -= out["logits"].numel() * 4
     shape = _shape(config)
     estimate = activation_bytes(shape, ROWS, TOKENS, "float32", True)
@@ -98,7 +84,7 @@ def test_model_states_and_the_peak_of_a_training_step(one_torch_thread):
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
 
-    _, states_after_first = measured(step)  # gradients and AdamW's moments, kept
+    _, states_after_first = cpu_allocations(step)  # gradients and AdamW's moments, kept
     states = 4 * params + states_after_first
     shape = _shape(config)
     assert shape.params == params
@@ -106,7 +92,7 @@ def test_model_states_and_the_peak_of_a_training_step(one_torch_thread):
     assert ds_states == 20 * params
     assert abs((ds_states - 4 * params) - states) <= 0.01 * states, (ds_states, states)
 
-    peak, _ = measured(step)
+    peak, _ = cpu_allocations(step)
     peak += states
     # The plan of this step: states, activations, and the LM head (here over every position:
     # a plain forward, not the training forward that keeps to the answer's tokens).
