@@ -13,6 +13,7 @@ from rac.models.memory import (
     actors_per_gpu,
     fitting_changes,
     gpu_memory,
+    inference_candidates,
     kv_cache_bytes,
     model_shape,
     planned_dtype,
@@ -58,13 +59,8 @@ def memory_plan(cfg: NegativesConfig, grounded: ModelShape | None = None, ungrou
         def estimate(c: Any) -> int:
             return sum(b for _, b in negatives_items(c, grounded, ungrounded))
 
-        candidates = [("dtype: bfloat16", replace(cfg, dtype="bfloat16"))] \
-            if planned_dtype(cfg.dtype, True, grounded.dtype) == "float32" else []
+        candidates = inference_candidates(cfg, grounded.dtype, "pool.batch_size", cfg.pool.batch_size)
         if cfg.pool.num_gpus < 1:
             candidates.append(("pool.num_gpus: 1", replace(cfg, **{"pool.num_gpus": 1.0})))
-        batch = cfg.pool.batch_size
-        while batch > 1:
-            batch //= 2
-            candidates.append((f"pool.batch_size: {batch}", replace(cfg, **{"pool.batch_size": batch})))
         plan.suggestions = fitting_changes(estimate, cfg, plan.usable, candidates, gpu_gb)
     return plan

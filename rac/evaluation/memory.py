@@ -15,10 +15,10 @@ from rac.models.memory import (
     actors_per_gpu,
     fitting_changes,
     gpu_memory,
+    inference_candidates,
     inference_items,
     model_shape,
     planned_dtype,
-    replace,
     weights_bytes,
 )
 
@@ -78,12 +78,7 @@ def memory_plan(cfg: EvaluateConfig, shapes: list[ModelShape] | None = None,
             def estimate(c: Any) -> int:
                 return sum(b for _, b in generator_items(c, shapes))
 
-            candidates = [("dtype: bfloat16", replace(cfg, dtype="bfloat16"))] \
-                if planned_dtype(cfg.dtype, True, shapes[0].dtype) == "float32" else []
-            batch = cfg.pool.batch_size
-            while batch > 1:
-                batch //= 2
-                candidates.append((f"pool.batch_size: {batch}", replace(cfg, **{"pool.batch_size": batch})))
+            candidates = inference_candidates(cfg, shapes[0].dtype, "pool.batch_size", cfg.pool.batch_size)
             plan.suggestions = fitting_changes(estimate, cfg, plan.usable, candidates, gpu_gb)
         plans.append(plan)
     scorers = scorer_items(cfg)

@@ -398,6 +398,17 @@ def fitting_changes(estimate: Callable[[Any], int], cfg: Any, usable: float,
     return out
 
 
+def inference_candidates(cfg: Any, stored_dtype: str, batch_key: str, batch: int) -> list[tuple[str, Any]]:
+    """Single changes that lower an inference actor's memory: bfloat16 where it would run float32, and
+    each halving of its batch (``batch_key``, dotted)."""
+    out = [("dtype: bfloat16", replace(cfg, dtype="bfloat16"))] \
+        if planned_dtype(cfg.dtype, True, stored_dtype) == "float32" else []
+    while batch > 1:
+        batch //= 2
+        out.append((f"{batch_key}: {batch}", replace(cfg, **{batch_key: batch})))
+    return out
+
+
 def check_plan(plans: StagePlan | Sequence[StagePlan], key: str) -> None:
     """Log each plan; raise :class:`ConfigError` (:meth:`StagePlan.refusal`) for the first that does not
     fit. ``key`` names the setting of the GPU's size, for the message."""

@@ -12,10 +12,10 @@ from rac.models.memory import (
     actors_per_gpu,
     fitting_changes,
     gpu_memory,
+    inference_candidates,
     inference_items,
     model_shape,
     planned_dtype,
-    replace,
 )
 from rac.serving.config import ServeConfig
 
@@ -44,12 +44,7 @@ def memory_plan(cfg: ServeConfig, shape: ModelShape | None = None, stage: str = 
         def estimate(c: Any) -> int:
             return sum(b for _, b in replica_items(c, shape))
 
-        candidates = [("dtype: bfloat16", replace(cfg, dtype="bfloat16"))] \
-            if planned_dtype(cfg.dtype, True, shape.dtype) == "float32" else []
-        batch = cfg.generator.max_batch_size
-        while batch > 1:
-            batch //= 2
-            candidates.append((f"generator.max_batch_size: {batch}",
-                               replace(cfg, **{"generator.max_batch_size": batch})))
+        candidates = inference_candidates(cfg, shape.dtype, "generator.max_batch_size",
+                                          cfg.generator.max_batch_size)
         plan.suggestions = fitting_changes(estimate, cfg, plan.usable, candidates, gpu_gb)
     return plan
