@@ -10,9 +10,15 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/demo.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all lint bench clean
+.PHONY: setup wordnet run test test-all lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) wordnet
+
+# WordNet for METEOR from Debian's wordnet-base and wordnet-sense-index (apt-get download +
+# dpkg-deb -x, no system install) into $(VENV)/nltk_data, where nltk looks by itself. Idempotent;
+# where it cannot be fetched, setup still succeeds and METEOR is reported exact-match only.
+wordnet: $(STAMP)
+	$(PY) scripts/setup_wordnet.py --nltk-dir $(VENV)/nltk_data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -60,6 +60,8 @@ def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = No
         argv, storage = pop_option(argv, "--storage", "a directory")
         cfg = parse_config(config_cls, argv, prog=prog)
         root = prepare_storage(cfg, storage)  # every relative path made absolute here, before any work
+        if hasattr(cfg, "preflight"):
+            cfg.preflight()  # the config's checks that need its resolved paths
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -45,9 +45,11 @@ from rac.data.config import DataConfig
 from rac.decoding.config import NegativesConfig
 from rac.detector.config import DetectorConfig
 from rac.durable import read_json, write_json
+from rac.evaluation.catalogue import is_figure
 from rac.evaluation.config import GROUNDED_SFT, RAC_SYSTEM, UNGROUNDED_SFT, EvaluateConfig, SystemConfig
 from rac.failures import StageResult
-from rac.models.prepare import PrepareModelConfig
+from rac.models.factory import PACKAGED_MODEL_DIR
+from rac.models.prepare import PrepareModelConfig, check_base_model
 from rac.retrieval import IndexConfig, RetrieveConfig, RetrieverConfig
 from rac.training.config import RACConfig, SFTConfig
 
@@ -89,8 +91,13 @@ class PipelineConfig:
     with_detector: bool = field_help(
         False, help="Add the optional train_detector stage after negatives (the unsupported-span detector, "
                     "jobs.train_detector) and give evaluate its model (detector support, shown apart).")
-    base_model: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
-                                 help="Model the SFT stages start from (prepare_model writes it if missing).")
+    base_model: str = field_help(
+        PACKAGED_MODEL_DIR, storage="path",
+        help="Hugging Face model directory the SFT stages start from. prepare_model writes it only where it is "
+             "the packaged default's directory (a path ending in smollm2-135m-instruct) or base_model_gguf is "
+             "set; any other base_model without a config.json stops the run before any work (exit 2).")
+    base_model_gguf: str | None = field_help(
+        None, storage="path", help="A GGUF file that prepare_model converts into base_model (dequantised).")
     show: int = field_help(5, help="Example questions printed at the end.")
     data: DataConfig = nested(DataConfig, "Records and corpus.")
     retriever: RetrieverConfig = nested(RetrieverConfig, "BM25 backend. The embedded index goes to "
@@ -112,6 +119,12 @@ class PipelineConfig:
             self.stages = [*self.stages[:at], "train_detector", *self.stages[at:]]
         refuse_wired_keys(self, WIRED_KEYS, "the pipeline from run_dir (and base_model)")
 
+    def preflight(self) -> None:
+        """What is checked once the paths are resolved, before any stage: the base model exists,
+        or is one a run may write (:func:`rac.models.prepare.check_base_model`)."""
+        if {"prepare_model", "sft_grounded", "sft_ungrounded"} & set(self.stages):
+            check_base_model(self.base_model, self.base_model_gguf, "prepare_model" in self.stages)
+
     def stage_configs(self) -> dict[str, Any]:
         """Each stage's config, wired to the run directory."""
         run = Path(self.run_dir)
@@ -124,7 +137,7 @@ class PipelineConfig:
                                  output_dir=str(run / "index")),
             "retrieve": RetrieveConfig(data=self.data, retriever=retriever, pool=self.retrieve_pool,
                                        output_dir=str(run / "retrieve"), show=0),
-            "prepare_model": PrepareModelConfig(output_dir=self.base_model),
+            "prepare_model": PrepareModelConfig(output_dir=self.base_model, gguf_file=self.base_model_gguf),
             "sft_grounded": layout.sft(self.sft, True, retrieved, grounded, self.base_model),
             "sft_ungrounded": layout.sft(self.sft, False, retrieved, ungrounded, self.base_model),
             "negatives": layout.negatives(self.negatives, run / "retrieve", run / "negatives", grounded, ungrounded),
@@ -239,6 +252,7 @@ def run_pipeline(cfg: PipelineConfig, start_from: str | None = None) -> dict[str
     """
     if start_from is not None and start_from not in cfg.stages:
         raise ConfigError(f"--from {start_from}: not one of the configured stages {cfg.stages}")
+    cfg.preflight()
     stage_cfgs, run = cfg.stage_configs(), Path(cfg.run_dir)
     run_fns = runners()
     manifests: dict[str, dict[str, Any]] = {}
@@ -274,10 +288,12 @@ def summary_text(cfg: PipelineConfig, manifests: dict[str, dict[str, Any]], widt
             lines.append(f"  gold: {ex.get('gold_question')}")
             for name, q in ex["questions"].items():
                 lines.append(f"  {name}: {q['prediction']}")
-        columns = ["bleu_corpus", "rouge_l", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
+        columns = ["bleu_corpus", "rouge_l", "meteor", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
                    "entailment", "semantic_support"]
         systems = report.get("systems", {})
-        shown = [c for c in columns if any(c in s for s in systems.values())]
+        # METEOR only with WordNet (a number); the exact-match one always.
+        shown = [c for c in columns if any(c in s for s in systems.values())
+                 and (c != "meteor" or any(is_figure(s.get(c)) for s in systems.values()))]
         lines += ["", "metrics (test split):", "  " + "system".ljust(16) + "".join(c[:16].rjust(17) for c in shown)]
         for name, s in systems.items():
             cells = [s.get(c) for c in shown]

@@ -147,3 +147,29 @@ def test_the_printed_summary_shows_detector_support_only_when_a_detector_ran(tmp
     (tmp_path / "evaluate" / "report.json").write_text(json.dumps(report))
     line = next(x for x in summary_text(cfg, manifests).splitlines() if "detector support" in x)
     assert "grounded-sft 0.7521" in line and "rac 0.7421" in line and "favours a model trained against them" in line
+
+
+def test_a_mistyped_base_model_stops_the_run_before_any_work(tmp_path):
+    """Only the packaged default's directory is prepared for you: any other base_model without a
+    model is refused before the first stage, and no model is written under its name."""
+    from rac.models.factory import ModelDirError
+    from rac.models.prepare import check_base_model
+
+    typo = tmp_path / "models" / "Llama-3.1-8B-Instuct"
+    cfg = parse_config(PipelineConfig, ["--run_dir", str(tmp_path / "run"), "--base_model", str(typo)])
+    with pytest.raises(ModelDirError, match=rf"^base_model {typo} is not a Hugging Face model directory \(no "
+                                            r"config.json\), and a run writes no model there: only the packaged "
+                                            r"default \(outputs/models/smollm2-135m-instruct\) is prepared"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run").exists() and not typo.exists()
+    check_base_model(tmp_path / "elsewhere" / "smollm2-135m-instruct", None, prepares=True)  # the packaged default
+    with pytest.raises(ModelDirError):  # ... but only where prepare_model runs
+        check_base_model(tmp_path / "elsewhere" / "smollm2-135m-instruct", None, prepares=False)
+    gguf = tmp_path / "my.gguf"
+    with pytest.raises(ConfigError, match=rf"^base_model_gguf {gguf} does not exist"):
+        check_base_model(typo, gguf, prepares=True)
+    gguf.write_bytes(b"GGUF")
+    check_base_model(typo, gguf, prepares=True)
+    (typo / "config.json").parent.mkdir(parents=True)
+    (typo / "config.json").write_text("{}")
+    check_base_model(typo, None, prepares=False)  # a model of your own

@@ -55,6 +55,13 @@ def row_seed(base_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def sample_seed(base_seed: int, k: int) -> int:
+    """Base seed of the ``k``-th of several samples per row (best-of-n): ``base_seed`` itself for
+    the first, so sample 0 is the one a single run with ``base_seed`` draws; a derived seed (as
+    :func:`row_seed` derives one) for the others, apart from any small seed a study lists."""
+    return base_seed if k == 0 else row_seed(base_seed, f"sample-{k}")
+
+
 @dataclass
 class MixtureSample:
     """One decoded sequence and where each of its tokens came from.
@@ -273,9 +280,17 @@ class MixtureDecoder:
             return []
         p = self.params
         uniforms = self._uniforms(seeds)
-        grounded, ungrounded = _Stream(self.grounded_model), _Stream(self.ungrounded_model)
-        logits_g = grounded.prefill(*self._encode(grounded_prompts))[:, : self.vocab_size]
-        logits_u = ungrounded.prefill(*self._encode(ungrounded_prompts))[:, : self.vocab_size]
+        # alpha 0 never draws from p_uncond, alpha 1 never from p_theta0 (u is in [0, 1)): the model
+        # never drawn from is not run, which halves the cost of the grounded samples (best_of_n's C+)
+        # and leaves every draw, so every sample, as it was.
+        streams = {FROM_GROUNDED: (_Stream(self.grounded_model), grounded_prompts),
+                   FROM_UNGROUNDED: (_Stream(self.ungrounded_model), ungrounded_prompts)}
+        if p.alpha == 0.0:
+            del streams[FROM_UNGROUNDED]
+        elif p.alpha == 1.0:
+            del streams[FROM_GROUNDED]
+        logits = {k: stream.prefill(*self._encode(stream_prompts))[:, : self.vocab_size]
+                  for k, (stream, stream_prompts) in streams.items()}
 
         tokens: list[list[int]] = [[] for _ in range(n)]
         provenance: list[list[int]] = [[] for _ in range(n)]
@@ -284,11 +299,12 @@ class MixtureDecoder:
         for t in range(p.max_new_tokens):
             u = uniforms[active, t]
             from_ungrounded = u[:, 0] < p.alpha  # a_t ~ Bernoulli(alpha)
-            logits = torch.where(from_ungrounded.unsqueeze(-1), logits_u, logits_g)
+            mixed = (torch.where(from_ungrounded.unsqueeze(-1), logits[FROM_UNGROUNDED], logits[FROM_GROUNDED])
+                     if len(logits) == 2 else next(iter(logits.values())))
             if p.do_sample:
-                next_tokens = sample_from_logits(logits, u[:, 1], p.temperature, p.top_k, p.top_p)
+                next_tokens = sample_from_logits(mixed, u[:, 1], p.temperature, p.top_k, p.top_p)
             else:
-                next_tokens = logits.argmax(dim=-1)
+                next_tokens = mixed.argmax(dim=-1)
             is_eos = torch.isin(next_tokens, self.eos_ids) if not p.ignore_eos else torch.zeros_like(from_ungrounded)
             ends_question = self.ends_question[next_tokens] if p.stop_at_question else torch.zeros_like(is_eos)
             done = is_eos | ends_question
@@ -303,11 +319,10 @@ class MixtureDecoder:
             if done.any():
                 keep = (~done).nonzero().squeeze(-1)
                 active, next_tokens = active[keep], next_tokens[keep]
-                grounded.keep_rows(keep)
-                ungrounded.keep_rows(keep)
+                for stream, _ in streams.values():
+                    stream.keep_rows(keep)
             # Both models read the same token, whichever supplied it.
-            logits_g = grounded.step(next_tokens)[:, : self.vocab_size]
-            logits_u = ungrounded.step(next_tokens)[:, : self.vocab_size]
+            logits = {k: stream.step(next_tokens)[:, : self.vocab_size] for k, (stream, _) in streams.items()}
 
         return [MixtureSample(text=self._text(tokens[i], finish[i]), token_ids=tokens[i], provenance=provenance[i],
                               finish_reason=finish[i], seed=int(seeds[i])) for i in range(n)]

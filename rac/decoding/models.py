@@ -63,6 +63,9 @@ def check_same_tokenizer(grounded_path: str | Path, ungrounded_path: str | Path)
     diff = {k: (special_g[k], special_u[k]) for k in SPECIAL_TOKEN_ATTRS if special_g[k] != special_u[k]}
     if diff:
         problems.append(f"special tokens differ, (token, id) grounded vs ungrounded: {diff}")
+    if tok_g.rac_prompt_format != tok_u.rac_prompt_format:
+        problems.append(f"prompt formats differ ({tok_g.rac_prompt_format} vs {tok_u.rac_prompt_format}; "
+                        f"rac_prompt.json)")
     if problems:
         raise TokenizerMismatchError(
             f"grounded_model {grounded_path} and ungrounded_model {ungrounded_path} do not share a tokenizer: "

@@ -277,6 +277,16 @@ def run_model_scores(items: dict[str, tuple[str, Any]], cfg: EvaluateConfig,
     return out
 
 
+def question_scores(items: dict[str, tuple[str, Any]], cfg: EvaluateConfig,
+                    embedding_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """Every faithfulness score of each ``{key: (question, passages)}``: PARENT-G here, the model-based
+    scores ``cfg`` configures on the scorers' actor pool (:func:`run_model_scores`); ``{key: scores}``."""
+    model_scores = run_model_scores(items, cfg, embedding_dir)
+    none = {**dict.fromkeys(MODEL_SCORES), "score_error": None}
+    return {key: {**{f"parent_{k}": v for k, v in parent_grounding(text, passage_texts(passages)).items()},
+                  **model_scores.get(key, none)} for key, (text, passages) in items.items()}
+
+
 # ----------------------------------------------------------------------------- inputs
 
 

@@ -9,9 +9,9 @@ often the gold facet's passage was retrieved, and question lengths.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import statistics
 from importlib import resources
 from pathlib import Path
@@ -23,35 +23,25 @@ import pyarrow.parquet as pq
 from rac.data.corpus import passage_id
 from rac.data.loaders import clean_text
 from rac.evaluation.catalogue import LABELS, ROW_METRICS, is_figure
-from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, UNGROUNDED_SFT
+from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, RAC_SYSTEM, UNGROUNDED_SFT
 from rac.evaluation.rendering import fmt, md_table, save_plot
-from rac.evaluation.significance import compare_systems
-from rac.experiment.config import ExperimentConfig, Variant
+from rac.evaluation.significance import compare_systems, over_seeds
+from rac.experiment.config import CHECK_SCORE, ExperimentConfig, Variant
 from rac.experiment.study import read_events, seed_name
+from rac.pipeline import manifest_result
 from rac.retrieval import read_retrieved
 from rac.training import read_metrics
 
 logger = logging.getLogger(__name__)
 
 #: Columns of the Markdown tables (all metrics are in results.json).
-SHOWN = ("bleu_corpus", "rouge_l", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
+SHOWN = ("bleu_corpus", "rouge_l", "meteor", "meteor_exact", "parent_precision", "parent_recall", "parent_f1",
          "semantic_support", "entailment", "fluency", "question_words")
 
 
 
 def words(text: str | None) -> int:
     return len((text or "").split())
-
-
-def ci95_over_seeds(values: list[float]) -> list[float] | None:
-    """Student-t 95% interval of the mean over seeds; None with fewer than two seeds."""
-    if len(values) < 2:
-        return None
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    mean = statistics.fmean(values)
-    return [mean - half, mean + half]
 
 
 def _rows(study: Path, split: str, system: str) -> dict[str, dict[str, Any]]:
@@ -97,7 +87,7 @@ def system_entry(report: dict[str, Any], names: list[str], runs: list[dict[str, 
             per_seed = [s[key] for s in summaries if is_figure(s.get(key))]
             if len(per_seed) != len(summaries):
                 continue
-        entry = {"mean": statistics.fmean(per_seed), "per_seed": per_seed, "ci95_seeds": ci95_over_seeds(per_seed)}
+        entry = over_seeds(per_seed)
         if key in ROW_METRICS or key == "question_words":
             entry["ci95_rows"] = _bootstrap_ci(list(row_scores(runs, key).values()), samples, seed)
         metrics[key] = entry
@@ -107,14 +97,21 @@ def system_entry(report: dict[str, Any], names: list[str], runs: list[dict[str, 
 
 def paired(runs_a: list[dict[str, dict[str, Any]]], runs_b: list[dict[str, dict[str, Any]]], metrics: list[str],
            samples: int, seed: int) -> dict[str, Any]:
-    """Paired tests of a against b on every metric, per-row scores averaged over each side's seeds."""
+    """Paired tests of a against b on every metric, seeds pooled (:func:`~rac.evaluation.significance.compare_systems`
+    on seeds x rows): seed k of a against seed k of b, or against b's one run; rows scored in every run."""
     out = {}
     for metric in metrics:
         a, b = row_scores(runs_a, metric), row_scores(runs_b, metric)
         ids = sorted(set(a) & set(b))
         if len(ids) >= 2:
-            out[metric] = compare_systems([a[i] for i in ids], [b[i] for i in ids], samples=samples, seed=seed)
+            out[metric] = compare_systems(seed_table(runs_a, metric, ids), seed_table(runs_b, metric, ids),
+                                          samples=samples, seed=seed)
     return out
+
+
+def seed_table(runs: list[dict[str, dict[str, Any]]], metric: str, ids: list[str]) -> list[list[float]]:
+    """``metric`` of rows ``ids`` in each run (seed): seeds x rows."""
+    return [[float(run[i][metric]) for i in ids] for run in runs]
 
 
 def facet_passages(cfg: ExperimentConfig) -> dict[str, str]:
@@ -180,14 +177,71 @@ def validity_tables(study: Path) -> dict[str, Any]:
     return out
 
 
+def pair_construction(manifests: dict[str, dict[str, Any]], variants: list[Variant],
+                      seeds: list[int]) -> list[dict[str, Any]]:
+    """Per (alpha, pairs) built by a pairs stage: what was kept and dropped, and per faithfulness score
+    how often C+ beats C- on the pairs kept (``validity``) and on all pairs (``validity_all``), each
+    over seeds; ``built_with`` marks the score that built or filtered them."""
+    out = []
+    for alpha, tag in dict.fromkeys((v.alpha, v.pairs.tag) for v in variants if v.pairs.tag != "gold"):
+        stages = [f"pairs/a{alpha:g}-{tag}-s{s}" for s in seeds]
+        details = [manifest_result(manifests[st]).details for st in stages if st in manifests]
+        if not details:
+            continue
+        entry: dict[str, Any] = {"alpha": alpha, "pairs": tag, "chosen": details[0]["chosen"],
+                                 "score": details[0]["score"], "seeds": len(details)}
+        for key in ("with_negative", "without_candidate", "dropped_by_gold_recall", "dropped_by_margin", "kept",
+                    "identical_pairs"):
+            entry[key] = over_seeds([d[key] for d in details])
+        for scope in ("validity", "validity_all"):
+            metrics = [m for m in details[0][scope] if all(m in d[scope] for d in details)]
+            entry[scope] = {m: {"built_with": details[0][scope][m]["built_with"],
+                                **{k: over_seeds([d[scope][m][k] for d in details])
+                                   for k in ("pairwise_accuracy", "mean_margin")}} for m in metrics}
+        out.append(entry)
+    return out
+
+
+#: A gain on test: the paired difference is positive with bootstrap p below this.
+GAIN_P = 0.05
+
+
+def metric_gaming(selected: Variant, significance: dict[str, Any]) -> dict[str, Any]:
+    """Does the selected setting gain on test only on the score that built its pairs?
+
+    For each baseline: a gain (difference > 0, seed-pooled bootstrap p < :data:`GAIN_P`) on the
+    build score and on the score not used (:data:`~rac.experiment.config.CHECK_SCORE`), and the
+    verdict: a gain on the build score alone is metric gaming.
+    """
+    build = selected.pairs.build_score
+    if build is None:
+        return {"build_score": None, "check_score": None,
+                "verdict": "the selected setting's pairs were neither ranked nor filtered by a score"}
+    check = CHECK_SCORE[build]
+    out: dict[str, Any] = {"build_score": build, "check_score": check, "comparisons": {}}
+    for comparison, by_metric in significance.items():
+        if not comparison.startswith(f"{RAC_SYSTEM} vs "):
+            continue
+        gains = {m: m in by_metric and by_metric[m]["mean_diff"] > 0 and by_metric[m]["bootstrap"]["p_value"] < GAIN_P
+                 for m in (build, check)}
+        verdict = ("metric gaming: a gain only on the score that built the pairs" if gains[build] and not gains[check]
+                   else "a gain on both scores" if gains[build] else
+                   "a gain only on the score not used" if gains[check] else "no gain on either score")
+        out["comparisons"][comparison] = {"gain_on_build_score": gains[build], "gain_on_check_score": gains[check],
+                                          "verdict": verdict}
+    out["gaming"] = any(c["verdict"].startswith("metric gaming") for c in out["comparisons"].values())
+    return out
+
+
 def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], selected: Variant,
                   manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Write ``results.json``, ``results.md`` and ``plots/`` into ``study``; returns the results."""
     samples, seed = cfg.evaluate.bootstrap_samples, cfg.evaluate.seed
     test_report = json.loads((study / "test" / "report.json").read_text())
-    families = {GROUNDED_SFT: [GROUNDED_SFT], UNGROUNDED_SFT: [UNGROUNDED_SFT],
+    per_seed = {GROUNDED_SFT: "grounded" in cfg.sft_per_seed, UNGROUNDED_SFT: "ungrounded" in cfg.sft_per_seed}
+    families = {**{f: [seed_name(f, s) for s in cfg.seeds] if seeded else [f] for f, seeded in per_seed.items()},
                 CONTINUED_SFT: [seed_name(CONTINUED_SFT, s) for s in cfg.seeds],
-                "rac": [seed_name(selected.name, s) for s in cfg.seeds]}
+                RAC_SYSTEM: [seed_name(selected.name, s) for s in cfg.seeds]}
     runs = {f: [_rows(study, "test", n) for n in names] for f, names in families.items()}
     systems = {f: system_entry(test_report, names, runs[f], samples, seed) for f, names in families.items()}
     metrics = [m for m in (*ROW_METRICS, "question_words") if m in systems[GROUNDED_SFT]["metrics"]]
@@ -198,13 +252,15 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
     lengths = {"gold": statistics.fmean(gold_words) if gold_words else None,
                **{f: s["metrics"].get("question_words", {}).get("mean") for f, s in systems.items()}}
     results = {
-        "study_dir": str(study), "selected": selected.name, "variants": [v.__dict__ | {"name": v.name}
-                                                                       for v in variants],
-        "seeds": cfg.seeds, "test_rows": test_report["systems"][GROUNDED_SFT]["rows"],
+        "study_dir": str(study), "selected": selected.name,
+        "variants": [dataclasses.asdict(v) | {"name": v.name, "pairs_tag": v.pairs.tag} for v in variants],
+        "seeds": cfg.seeds, "test_rows": test_report["systems"][families[GROUNDED_SFT][0]]["rows"],
         # More than 1: the grid or settings changed after test was seen; the log says when.
         "test_evaluations": sum(e["stage"] == "test" and e["event"] == "finished" for e in read_events(study)),
         "systems": systems,
         "significance": significance, "selection": selection,
+        "pairs": pair_construction(manifests, variants, cfg.seeds),
+        "metric_gaming": metric_gaming(selected, significance),
         "diagnosis": {"validity_t2": validity_tables(study), "gold_passage_retrieved": gold_passage_recall(cfg, study),
                       "mean_question_words": lengths,
                       "training_terms": training_terms(study, [seed_name(n, sd) for sd in cfg.seeds
@@ -263,7 +319,7 @@ def write_plots(results: dict[str, Any], variants: list[Variant], plots_dir: Pat
     groups: dict[str, list[tuple[float, float]]] = {}
     for v, row in rows:
         if is_figure(row.get("parent_f1")):
-            groups.setdefault(f"RAC g{v.gamma:g} b{v.beta:g} {v.loss_type} {v.chosen_source}", []).append(
+            groups.setdefault(f"RAC g{v.gamma:g} b{v.beta:g} {v.loss_type} {v.pairs.tag}", []).append(
                 (v.alpha, row["parent_f1"]))
     for label, points in groups.items():
         points.sort()
@@ -320,18 +376,29 @@ def results_markdown(results: dict[str, Any], variants: list[Variant]) -> str:
              "trained once, or one seed), so the interval is a bootstrap over the test rows instead.", "",
              md_table(["system", *(_label(m) for m in shown)],
                     [[name, *(_cell(s["metrics"].get(m)) for m in shown)] for name, s in systems.items()]), ""]
-    lines += ["## Paired significance (per-row scores averaged over seeds)", "",
-              md_table(["comparison", "metric", "mean a", "mean b", "diff", "bootstrap p", "t-test p", "d_z"],
+    lines += ["## Paired significance (seeds pooled)", "",
+              "Seed k of a system against seed k of the other (a system trained once: its one run). Bootstrap: "
+              "rows and seeds both resampled (pigeonhole bootstrap), two-sided; t-test and d_z over rows of the "
+              "differences averaged over seeds; per seed: the mean difference of each seed, with its 95% interval "
+              "over seeds.", "",
+              md_table(["comparison", "metric", "mean a", "mean b", "diff", "bootstrap p", "t-test p", "d_z",
+                        "diff per seed [95% over seeds]", "seeds a better"],
                      [[comp, _label(m), fmt(r["mean_a"]), fmt(r["mean_b"]), fmt(r["mean_diff"]),
-                       fmt(r["bootstrap"]["p_value"]), fmt(r["t_test"]["p_value"]), fmt(r["cohens_d"])]
+                       fmt(r["bootstrap"]["p_value"]), fmt(r["t_test"]["p_value"]), fmt(r["cohens_d"]),
+                       _cell(over_seeds(r["per_seed_diff"])), f"{r['seeds_a_better']}/{r['seeds']}"]
                       for comp, by_metric in results["significance"].items() for m, r in by_metric.items()
-                      if m in ("rouge_l", "parent_f1", "semantic_support", "entailment", "question_words")]), ""]
+                      if m in ("rouge_l", "meteor", "parent_f1", "semantic_support", "entailment", "question_words")]),
+              ""]
+    lines += gaming_markdown(results["metric_gaming"])
     val_cols = [m for m in ("rouge_l", "parent_precision", "parent_recall", "parent_f1", "semantic_support",
                             "bleu_corpus") if any(m in row for row in sel["table"])]
     lines += ["## Validation table (what the selection saw)", "",
+              "Mean over seeds [95% interval over seeds, where a system has several].", "",
               md_table(["system", "seeds", *(_label(m) for m in val_cols), "qualifies"],
-                     [[row["system"], row["seeds"], *(fmt(row.get(m)) for m in val_cols),
+                     [[row["system"], row["seeds"], *(_cell({"mean": row[m], "ci95_seeds": row.get(
+                         "ci95_seeds", {}).get(m)}) if m in row else "–" for m in val_cols),
                        fmt(row.get("qualifies"))] for row in sel["table"]]), ""]
+    lines += pairs_markdown(results["pairs"])
     lines += diagnosis_markdown(results["diagnosis"])
     ran = {name: st for name, st in results["stages"].items() if not st["skipped"]}
     total = sum(st["seconds"] or 0 for st in results["stages"].values())
@@ -343,6 +410,44 @@ def results_markdown(results: dict[str, Any], variants: list[Variant]) -> str:
     if results["metric_status"]:
         lines += ["", "Without a number: " + "; ".join(f"{k}: {v}" for k, v in results["metric_status"].items())]
     return "\n".join(lines) + "\n"
+
+
+def gaming_markdown(gaming: dict[str, Any]) -> list[str]:
+    lines = ["## Metric gaming check", ""]
+    if gaming["build_score"] is None:
+        return lines + [f"Not applicable: {gaming['verdict']}.", ""]
+    lines += [f"The selected setting's pairs were built with **{_label(gaming['build_score'])}**; "
+              f"**{_label(gaming['check_score'])}** was not used to build them. A gain on test (difference > 0, "
+              f"bootstrap p < {GAIN_P}) on the build score alone is metric gaming.", "",
+              md_table(["comparison", f"gain on {_label(gaming['build_score'])} (used)",
+                        f"gain on {_label(gaming['check_score'])} (not used)", "verdict"],
+                       [[c, fmt(e["gain_on_build_score"]), fmt(e["gain_on_check_score"]), e["verdict"]]
+                        for c, e in gaming["comparisons"].items()]), ""]
+    if gaming["gaming"]:
+        lines += ["**Metric gaming:** the gain appears only on the score used to build the pairs.", ""]
+    return lines
+
+
+def pairs_markdown(pairs: list[dict[str, Any]]) -> list[str]:
+    """What each pair construction kept and dropped, and whether C+ beats C- by each score."""
+    if not pairs:
+        return []
+    lines = ["## Pairs (T2, built by the pairs stages; mean over seeds [95% interval over seeds])", "",
+             md_table(["alpha", "pairs", "C+", "built with", "seeds", "with C-", "no alpha-0 sample",
+                       "dropped: gold recall", "dropped: margin", "kept", "C+ = C-"],
+                      [[e["alpha"], e["pairs"], e["chosen"], _label(e["score"]) if e["score"] else "–", e["seeds"],
+                        *(_cell(e[k]) for k in ("with_negative", "without_candidate", "dropped_by_gold_recall",
+                                                "dropped_by_margin", "kept", "identical_pairs"))] for e in pairs]),
+             "", "**Does C+ beat C-?** Share of pairs with s(C+) > s(C-) (ties 1/2) and the mean s(C+) - s(C-), by "
+             "each score. A score marked *built* ranked or filtered the pairs, so it beats C- by construction: the "
+             "validity of the pairs is read on the scores *not used*.", "",
+             md_table(["alpha", "pairs", "score", "used", "pairwise acc. (kept)", "mean margin (kept)",
+                       "pairwise acc. (all, before filters)"],
+                      [[e["alpha"], e["pairs"], _label(m), "built" if v["built_with"] else "not used",
+                        _cell(v["pairwise_accuracy"]), _cell(v["mean_margin"]),
+                        _cell(e["validity_all"].get(m, {}).get("pairwise_accuracy"))]
+                       for e in pairs for m, v in e["validity"].items()]), ""]
+    return lines
 
 
 def diagnosis_markdown(diagnosis: dict[str, Any]) -> list[str]:

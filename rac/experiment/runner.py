@@ -7,11 +7,12 @@ skips every finished stage and resumes the interrupted one, :func:`rac.pipeline.
     index/ retrieve/ prepare_model/         the pipeline's own stages
     splits/select/retrieved/                T1 and T2 (subsampled, validation topics moved out) and val
     splits/test/retrieved/                  the test rows: read by the test evaluation only
-    sft_grounded/ sft_ungrounded/           trained once, shared by every variant
+    sft_grounded/ sft_ungrounded/           trained once, shared by every variant (sft_grounded-s<seed>/: per seed)
     negatives/a<alpha>-s<seed>/             decoded once per (alpha, seed), shared across gamma/beta/loss
-    pairs/a<alpha>-sample-s<seed>/          chosen_source 'sample': C+ = the alpha-0 sample of the same row seed
+    negatives/a0-s<seed>-k<k>/              best_of_n: the k-th alpha-0 sample (k >= 1; k = 0 is a0-s<seed>)
+    pairs/a<alpha>-<pairs tag>-s<seed>/     C+ sampled, best of n, or filtered (rac.experiment.pairs)
     train/<variant>-s<seed>/  train/continued-s<seed>/
-    validation/  validity/<source>/  selection/  test/
+    validation/  validity/<pairs tag>/  selection/  test/
     events.jsonl                            every stage started, finished or skipped, in order
     results.json  results.md  plots/
 """
@@ -25,7 +26,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
 import pyarrow as pa
@@ -33,10 +33,14 @@ import pyarrow as pa
 from rac import layout
 from rac.config import write_run_info
 from rac.data.schema import VALIDATION_SPLIT
-from rac.decoding.stage import NEGATIVES_DIR, NEGATIVES_SCHEMA, read_negatives, run_generate_negatives
+from rac.decoding.mixture import sample_seed
+from rac.decoding.stage import run_generate_negatives
 from rac.evaluation import run_evaluate
+from rac.evaluation.catalogue import is_figure
 from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, UNGROUNDED_SFT, SystemConfig
+from rac.evaluation.significance import over_seeds
 from rac.experiment.config import ExperimentConfig, SelectionConfig, ValidationConfig, Variant
+from rac.experiment.pairs import PairsStageConfig, build_pairs, scoring_config
 from rac.experiment.results import write_results
 from rac.experiment.study import EVENTS, EventLog, now, seed_name
 from rac.failures import StageResult
@@ -104,43 +108,6 @@ def carve_splits(cfg: SplitsConfig) -> StageResult:
     return result
 
 
-# ----------------------------------------------------------------------------- pairs with sampled C+
-
-
-@dataclass
-class PairsConfig:
-    """The ``pairs`` stage of chosen_source 'sample': C- from ``negatives_dir``, C+ from ``sample_dir``."""
-
-    negatives_dir: str
-    sample_dir: str
-    output_dir: str
-
-
-def sample_chosen_pairs(cfg: PairsConfig) -> StageResult:
-    """The negatives with C+ replaced by the grounded model's own sample (the alpha-0 run, same row seeds).
-
-    Chosen and rejected then share one style and differ in grounding. A row without a usable
-    sample gets an ``error`` (and trains nothing).
-    """
-    samples = {r["id"]: r for r in read_negatives(cfg.sample_dir, ["id", "rejected", "error"]).to_pylist()}
-    rows = read_negatives(cfg.negatives_dir).to_pylist()
-    identical = 0
-    for r in rows:
-        s = samples.get(r["id"])
-        if r["error"] is not None:
-            continue
-        if not s or s["error"] is not None or not (s["rejected"] or "").strip():
-            r["error"] = "no grounded sample (alpha 0) for this row: " + (s["error"] if s and s["error"] else "empty")
-            continue
-        r["chosen"] = s["rejected"]
-        identical += r["chosen"] == r["rejected"]
-    out = Path(cfg.output_dir) / NEGATIVES_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    write_part(out, "part-00000.parquet", pa.Table.from_pylist(rows, schema=NEGATIVES_SCHEMA))
-    with_pair = sum(r["error"] is None for r in rows)
-    return StageResult("pairs", rows_in=len(rows), rows_out=with_pair, details={"identical_pairs": identical})
-
-
 # ----------------------------------------------------------------------------- selection
 
 
@@ -156,7 +123,8 @@ class SelectConfig:
 
 
 def validation_table(report: dict[str, Any], variants: list[str], seeds: list[int]) -> list[dict[str, Any]]:
-    """Per variant and baseline: every numeric metric of the validation report, mean over seeds."""
+    """Per variant and baseline: every numeric metric of the validation report, mean over seeds (and its
+    95% interval over seeds in ``ci95_seeds``)."""
     systems = report["systems"]
     out = []
     for name in [GROUNDED_SFT, UNGROUNDED_SFT, CONTINUED_SFT, *variants]:
@@ -164,10 +132,10 @@ def validation_table(report: dict[str, Any], variants: list[str], seeds: list[in
                                                          if seed_name(name, s) in systems]
         if not runs:
             continue
-        metrics = {k: fmean([r[k] for r in runs]) for k, x in runs[0].items()
-                   if isinstance(x, (int, float)) and not isinstance(x, bool)
-                   and all(isinstance(r.get(k), (int, float)) for r in runs)}
-        out.append({"system": name, "seeds": len(runs), **metrics})
+        keys = [k for k, x in runs[0].items() if is_figure(x) and all(is_figure(r.get(k)) for r in runs)]
+        summaries = {k: over_seeds([r[k] for r in runs]) for k in keys}
+        out.append({"system": name, "seeds": len(runs), **{k: e["mean"] for k, e in summaries.items()},
+                    "ci95_seeds": {k: e["ci95_seeds"] for k, e in summaries.items()}})
     return out
 
 
@@ -220,12 +188,30 @@ class Study:
         return layout.model_dir(self.path(*stage.split("/")))
 
     @staticmethod
-    def negatives_stage(alpha: float, seed: int) -> str:
-        return f"negatives/a{alpha:g}-s{seed}"
+    def negatives_stage(alpha: float, seed: int, k: int = 0) -> str:
+        """C- at ``alpha``; at alpha 0 the grounded samples, ``k`` >= 1 the further ones of best-of-n."""
+        return f"negatives/a{alpha:g}-s{seed}" + (f"-k{k}" if k else "")
+
+    def sft_stage(self, kind: str, seed: int) -> str:
+        """The SFT model of ``kind`` (grounded, ungrounded) that seed ``seed``'s T2 stages start from."""
+        return f"sft_{kind}-s{seed}" if kind in self.cfg.sft_per_seed else f"sft_{kind}"
+
+    def sft_stages(self, kind: str) -> dict[str, int]:
+        """The SFT stages of ``kind``, each with the seed it trains with (the first seed's when shared)."""
+        stages: dict[str, int] = {}
+        for seed in self.cfg.seeds:
+            stages.setdefault(self.sft_stage(kind, seed), seed)
+        return stages
 
     def pairs_stage(self, v: Variant, seed: int) -> str:
-        return self.negatives_stage(v.alpha, seed) if v.chosen_source == "gold" else \
-            f"pairs/a{v.alpha:g}-sample-s{seed}"
+        """The pairs ``v`` trains on: the negatives as they are (gold C+, no filter), or its pairs stage."""
+        return self.negatives_stage(v.alpha, seed) if v.pairs.tag == "gold" else \
+            f"pairs/a{v.alpha:g}-{v.pairs.tag}-s{seed}"
+
+    def candidate_stages(self, v: Variant, seed: int) -> list[str]:
+        """The alpha-0 runs whose samples are ``v``'s candidates for C+."""
+        count = {"gold": 0, "sample": 1, "best_of_n": v.pairs.n}[v.pairs.chosen]
+        return [self.negatives_stage(0.0, seed, k) for k in range(count)]
 
     # -- running
     def stage(self, name: str, stage_cfg: Any, fn: Callable[[Any], StageResult], upstream: list[str],
@@ -266,35 +252,40 @@ class Study:
         self.stage("splits", SplitsConfig(str(self.path("retrieve")), str(self.path("splits")), cfg.validation),
                    carve_splits, ["retrieve"])
 
-        for grounded, name in ((True, "sft_grounded"), (False, "sft_ungrounded")):
-            sft = layout.sft(cfg.sft, grounded, self.select_dir, self.path(name), cfg.base_model, split="t1")
-            self.stage(name, sft, run_sft, ["splits", *base], external_inputs(name, pipe))
+        for kind in ("grounded", "ungrounded"):
+            for name, seed in self.sft_stages(kind).items():
+                settings = {"seed": seed} if kind in cfg.sft_per_seed else {}
+                sft = layout.sft(cfg.sft, kind == "grounded", self.select_dir, self.path(name), cfg.base_model,
+                                 split="t1", **settings)
+                self.stage(name, sft, run_sft, ["splits", *base], external_inputs(f"sft_{kind}", pipe))
 
     def t2_stages(self) -> None:
-
         cfg = self.cfg
         for seed in cfg.seeds:
-            alphas = {v.alpha for v in self.variants} | ({0.0} if any(v.chosen_source == "sample"
-                                                                    for v in self.variants) else set())
-            for alpha in sorted(alphas):
-                stage = self.negatives_stage(alpha, seed)
-                neg = layout.negatives(cfg.negatives, self.select_dir, self.path(stage), self.path("sft_grounded"),
-                                       self.path("sft_ungrounded"), splits=["t2"], seed=seed,
+            grounded, ungrounded = self.sft_stage("grounded", seed), self.sft_stage("ungrounded", seed)
+            decoded = {(v.alpha, 0) for v in self.variants}
+            decoded |= {(0.0, k) for v in self.variants for k in range(len(self.candidate_stages(v, seed)))}
+            for alpha, k in sorted(decoded):
+                stage = self.negatives_stage(alpha, seed, k)
+                neg = layout.negatives(cfg.negatives, self.select_dir, self.path(stage), self.path(grounded),
+                                       self.path(ungrounded), splits=["t2"], seed=sample_seed(seed, k),
                                        sampling=dataclasses.replace(cfg.negatives.sampling, alpha=alpha))
-                self.stage(stage, neg, run_generate_negatives,
-                           ["splits", "sft_grounded", "sft_ungrounded"])
+                self.stage(stage, neg, run_generate_negatives, ["splits", grounded, ungrounded])
             for v in self.variants:
                 pairs = self.pairs_stage(v, seed)
-                if v.chosen_source == "sample" and pairs not in self.manifests:
-                    neg, sample = self.negatives_stage(v.alpha, seed), self.negatives_stage(0.0, seed)
-                    self.stage(pairs, PairsConfig(str(self.path(neg)), str(self.path(sample)), str(self.path(pairs))),
-                               sample_chosen_pairs, [neg, sample])
+                if pairs not in self.manifests:
+                    neg, candidates = self.negatives_stage(v.alpha, seed), self.candidate_stages(v, seed)
+                    build = PairsStageConfig(str(self.path(neg)), [str(self.path(c)) for c in candidates],
+                                             str(self.path(pairs)), v.pairs,
+                                             scoring_config(cfg.evaluate, str(self.path(neg)), v.alpha,
+                                                            str(self.path(pairs))))
+                    self.stage(pairs, build, build_pairs, [neg, *candidates])
                 name = f"train/{seed_name(v.name, seed)}"
-                rac = layout.rac(cfg.rac, self.path(pairs), self.path(name), self.path("sft_grounded"), gamma=v.gamma,
+                rac = layout.rac(cfg.rac, self.path(pairs), self.path(name), self.path(grounded), gamma=v.gamma,
                                  beta=v.beta, loss_type=v.loss_type, seed=seed)
-                self.stage(name, rac, run_rac, [pairs, "sft_grounded"])
+                self.stage(name, rac, run_rac, [pairs, grounded])
             self.stage(f"train/{seed_name(CONTINUED_SFT, seed)}", self.continued_config(seed), run_sft,
-                       ["splits", "sft_grounded"])
+                       ["splits", grounded])
 
     def continued_config(self, seed: int) -> SFTConfig:
         """The gamma = 0 baseline: the rac section's training settings, SFT on T2's gold questions
@@ -303,14 +294,18 @@ class Study:
         common = {f.name: getattr(self.cfg.rac, f.name) for f in dataclasses.fields(TrainConfig)}
         return SFTConfig(**{**common, "seed": seed, "input_dir": self.select_dir, "output_dir": str(self.path(name)),
                             "run_name": seed_name(CONTINUED_SFT, seed),
-                            "model": dataclasses.replace(self.cfg.rac.model, path=self.model("sft_grounded"))},
+                            "model": dataclasses.replace(self.cfg.rac.model,
+                                                         path=self.model(self.sft_stage("grounded", seed)))},
                          grounded=True, split="t2")
 
     def systems(self, variants: list[Variant]) -> tuple[list[SystemConfig], list[str]]:
         """The baselines and ``variants`` (per seed) as evaluation systems, and the stages that made them."""
-        systems = [SystemConfig(GROUNDED_SFT, self.model("sft_grounded"), "grounded"),
-                   SystemConfig(UNGROUNDED_SFT, self.model("sft_ungrounded"), "ungrounded")]
-        stages = ["sft_grounded", "sft_ungrounded"]
+        systems, stages = [], []
+        for kind, system in (("grounded", GROUNDED_SFT), ("ungrounded", UNGROUNDED_SFT)):
+            for stage, seed in self.sft_stages(kind).items():
+                name = seed_name(system, seed) if kind in self.cfg.sft_per_seed else system
+                systems.append(SystemConfig(name, self.model(stage), kind))
+                stages.append(stage)
         for seed in self.cfg.seeds:
             for system in [CONTINUED_SFT, *(v.name for v in variants)]:
                 stage = f"train/{seed_name(system, seed)}"
@@ -323,14 +318,14 @@ class Study:
         val = layout.evaluate(self.cfg.evaluate, self.select_dir, self.path("validation"), systems, {},
                               splits=[VALIDATION_SPLIT])
         self.stage("validation", val, run_evaluate, ["splits", *stages])
-        for source in sorted({v.chosen_source for v in self.variants}):
-            # Metric validity on T2: does each faithfulness score rank C+ above C-? (first seed's pairs)
-            dirs = {str(v.alpha): str(self.path(self.pairs_stage(v, self.cfg.seeds[0])))
-                    for v in self.variants if v.chosen_source == source}
-            validity = layout.evaluate(self.cfg.evaluate, self.select_dir, self.path("validity", source), [], dirs)
-            upstream = sorted({self.pairs_stage(v, self.cfg.seeds[0]) for v in self.variants
-                               if v.chosen_source == source})
-            self.stage(f"validity/{source}", validity, run_evaluate, upstream)
+        for tag in sorted({v.pairs.tag for v in self.variants}):
+            # Metric validity on T2: does each faithfulness score rank C+ above C-? (first seed's pairs;
+            # every seed's pairwise accuracies are in the pairs stages' results)
+            upstream = {str(v.alpha): self.pairs_stage(v, self.cfg.seeds[0]) for v in self.variants
+                        if v.pairs.tag == tag}
+            validity = layout.evaluate(self.cfg.evaluate, self.select_dir, self.path("validity", tag), [],
+                                       {a: str(self.path(s)) for a, s in upstream.items()})
+            self.stage(f"validity/{tag}", validity, run_evaluate, sorted(set(upstream.values())))
 
     def select(self) -> Variant:
         select = SelectConfig(report=str(self.path("validation", "report.json")),

@@ -13,6 +13,10 @@ from rac.config import ConfigError, field_help, nested
 logger = logging.getLogger(__name__)
 
 
+#: Where ``python -m jobs.prepare_model`` writes the packaged SmolLM2-135M-Instruct (the default
+#: base model); the only model directory a run writes for itself (:mod:`rac.models.prepare`).
+PACKAGED_MODEL_DIR = "outputs/models/smollm2-135m-instruct"
+
 #: The dtypes a model may be loaded and computed in (``auto``: see :func:`resolve_dtype`).
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 #: The torch devices an actor may run a model on (``auto``: see :func:`resolve_device`).
@@ -74,7 +78,7 @@ class LoraConfig:
 class ModelConfig:
     """Which causal LM to load."""
 
-    path: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
+    path: str = field_help(PACKAGED_MODEL_DIR, storage="path",
                            help="Local Hugging Face model directory (python -m jobs.prepare_model writes one).")
     dtype: Dtype = field_help(
         "auto", help="Compute precision of training: auto picks bfloat16 where the device supports it (CPUs with "
@@ -217,15 +221,18 @@ def peft_config(cfg: LoraConfig) -> Any:
                           target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
 
 
-def load_tokenizer(path: str | Path, padding_side: str = "left") -> Any:
-    """The model's tokenizer, with a pad token (the EOS token where none is defined)."""
+def load_tokenizer(path: str | Path, padding_side: str = "left", prompt_format: str | None = None) -> Any:
+    """The model's tokenizer, with a pad token (the EOS token where none is defined), encoding
+    prompts in ``prompt_format`` (None: the format recorded in ``path``, :mod:`rac.models.prompts`)."""
     from transformers import AutoTokenizer
+
+    from rac.models.prompts import read_prompt_format, set_prompt_format
 
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
-    return tok
+    return set_prompt_format(tok, prompt_format or read_prompt_format(path))
 
 
 def load_model(path: str | Path, dtype: str, attn_implementation: str = "sdpa", device: str = "cpu") -> Any:

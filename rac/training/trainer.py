@@ -58,7 +58,7 @@ def build_datasets(cfg: TrainConfig, rows: list[dict[str, Any]]) -> dict[str, in
 
     Eval rows are held out by topic (``eval_fraction``); the workers read these datasets.
     """
-    tokenizer = load_tokenizer(cfg.model.path, padding_side="right")
+    tokenizer = load_tokenizer(cfg.model.path, padding_side="right", prompt_format=cfg.prompt_format())
     train_rows, eval_rows = holdout_by_topic(rows, cfg.eval_fraction, cfg.seed)
     data = Path(cfg.output_dir) / DATA_DIR
     data.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rac.models.factory import load_model, load_tokenizer, peft_config, resolve_dtype, stored_dtype
+from rac.models.prompts import write_prompt_format
 from rac.placement import record_placement
 from rac.training.checkpoints import checkpoint_step, latest_checkpoint
 from rac.training.config import DATA_DIR, EXPORT_DIR, METRICS_FILE, TrainConfig
@@ -93,7 +94,7 @@ def build_trainer(cfg: TrainConfig, local_dir: str, callbacks: list[Any]) -> Any
     train, evaluation = load_dataset_dir(data / "train"), load_dataset_dir(data / "eval")
     precision = resolve_dtype(cfg.model.dtype, cfg.scaling.use_gpu)
     args = trainer_arguments(cfg, local_dir, precision, has_eval=evaluation is not None)
-    tokenizer = load_tokenizer(cfg.model.path, padding_side="right")
+    tokenizer = load_tokenizer(cfg.model.path, padding_side="right", prompt_format=cfg.prompt_format())
     model = load_model(cfg.model.path, weights_dtype(cfg, precision), cfg.model.attn_implementation)
     model.config.use_cache = False
     trainer = cfg.trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
@@ -156,6 +157,7 @@ def export_model(trainer: Any, cfg: TrainConfig, path: Path, rank: int) -> None:
         tokenizer = trainer.processing_class
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(str(tmp))
+        write_prompt_format(tmp, cfg.prompt_format())
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -48,6 +48,28 @@ def test_extreme_alpha_is_greedy_generate_of_one_model(tokenizer, grounded_model
     assert hf_greedy(other, tokenizer, model_prompts, 24) != expected
 
 
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_extreme_alpha_never_runs_the_model_it_never_draws_from(tokenizer, grounded_model, ungrounded_model, prompts,
+                                                                alpha):
+    grounded_prompts, ungrounded_prompts = prompts
+    seeds = [row_seed(3, str(i)) for i in range(len(grounded_prompts))]
+    params = {"temperature": 1.0, "max_new_tokens": 16}
+    # Both models run at an alpha a hair inside (0, 1), whose draws pick the same model at every step.
+    near = 1e-12 if alpha == 0 else 1 - 1e-12
+    expected = decoder(grounded_model, ungrounded_model, tokenizer, alpha=near, **params).generate(
+        grounded_prompts, ungrounded_prompts, seeds)
+    assert len({tuple(s.token_ids) for s in expected}) == len(seeds)
+    unused = ungrounded_model if alpha == 0 else grounded_model
+    hook = unused.register_forward_pre_hook(lambda *_: pytest.fail("ran the model that alpha never draws from"))
+    try:
+        got = decoder(grounded_model, ungrounded_model, tokenizer, alpha=alpha, **params).generate(
+            grounded_prompts, ungrounded_prompts, seeds)
+    finally:
+        hook.remove()
+    assert [(s.token_ids, s.provenance, s.text) for s in got] == [(s.token_ids, s.provenance, s.text)
+                                                                  for s in expected]
+
+
 def test_each_token_is_the_chosen_models_argmax_without_cache(tokenizer, grounded_model, ungrounded_model, prompts):
     """Recompute each step from scratch (no cache, no padding): the token a_t picked must be
     the argmax of that model, given its own prompt and the shared prefix of generated tokens."""

@@ -101,6 +101,9 @@ def _case(door: str, kind: str, tmp_path, dead_url, negatives_inputs) -> tuple[l
         ("prepare_model", "input"): (["--gguf_file", str(bad), *out], 1,
                                      rf"{bad}: not a readable GGUF model .*set gguf_file"),
         ("pipeline", "config"): (["--stages", "[index, train]"], 2, r"unknown stage\(s\) \['train'\]"),
+        ("pipeline", "model"): (["--run_dir", str(tmp_path / "run"), "--base_model", str(tmp_path / "Llama-3.1-8b")],
+                                2, rf"base_model {tmp_path}/Llama-3\.1-8b is not a Hugging Face model directory "
+                                   r"\(no config\.json\), and a run writes no model there"),
         ("pipeline", "input"): (["--run_dir", str(tmp_path / "run"), "--stages", "[index]", "--data.format",
                                  "jsonl", "--data.path", str(bad)], 1, rf"{bad}: line 2: field 'query' is missing"),
         ("pipeline", "service"): (["--run_dir", str(tmp_path / "run"), "--stages", "[index, retrieve]",
@@ -114,7 +117,7 @@ CASES = ["index-config", "index-input", "index-service", "index-resource",
          "generate_negatives-config", "generate_negatives-input", "generate_negatives-service",
          "generate_negatives-done", "train_sft-config", "train_sft-input", "train_rac-config", "train_rac-input",
          "evaluate-config", "evaluate-input", "prepare_model-config", "prepare_model-absent", "prepare_model-input",
-         "pipeline-config", "pipeline-input", "pipeline-service"]
+         "pipeline-config", "pipeline-model", "pipeline-input", "pipeline-service"]
 
 
 @pytest.mark.parametrize("case", CASES)

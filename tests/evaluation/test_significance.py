@@ -67,3 +67,52 @@ def test_metric_validity_on_constructed_pairs():
     # rejected ranks 1,4,2,3 vs mixing-rate ranks 4,1,3,2: perfectly reversed -> rho = -1
     assert result["spearman_mixing_rate"]["rho"] == pytest.approx(-1.0)
     assert metric_validity([0.5] * 3, [0.4] * 3, [0.0] * 3)["spearman_mixing_rate"]["rho"] is None
+
+
+# ----------------------------------------------------------------------------- seeds pooled
+
+
+def seed_table(effect_per_seed, rows=200, seed=0, noise=0.1):
+    """A synthetic study: per-row difficulty shared by both systems and every seed, each seed of
+    system a shifted by its effect, row noise on top. Returns (a, b), seeds x rows."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.uniform(0.2, 0.6, size=rows)
+    b = np.stack([difficulty + rng.normal(0, noise, rows) for _ in effect_per_seed])
+    a = np.stack([difficulty + e + rng.normal(0, noise, rows) for e in effect_per_seed])
+    return a, b
+
+
+def test_seed_pooled_test_detects_a_known_effect_and_not_a_null():
+    a, b = seed_table([0.04, 0.05, 0.03])
+    result = compare_systems(a, b, samples=2000, seed=0)
+    assert result["seeds"] == 3 and result["n"] == 200
+    assert result["mean_diff"] == pytest.approx((a - b).mean())
+    assert result["per_seed_diff"] == pytest.approx(list((a - b).mean(axis=1)))
+    assert result["bootstrap"]["p_value"] < 0.01 and result["t_test"]["p_value"] < 0.01
+    assert result["seeds_a_better"] == 3 and result["ci95_seeds"][0] > 0
+    assert result["bootstrap"]["ci95"][0] < 0.04 < result["bootstrap"]["ci95"][1]
+
+    null = compare_systems(*seed_table([0.0, 0.0, 0.0], seed=1), samples=2000, seed=0)
+    assert null["bootstrap"]["p_value"] > 0.05 and null["t_test"]["p_value"] > 0.05
+    assert null["ci95_seeds"][0] < 0 < null["ci95_seeds"][1]
+
+
+def test_one_lucky_seed_is_not_an_effect():
+    # Seed 0 of a is far better on every row, the other two a little worse: averaged over seeds
+    # every row favours a, which a test over rows alone calls certain. Drawing seeds too does not.
+    a, b = seed_table([0.09, -0.01, -0.02], noise=0.002)
+    result = compare_systems(a, b, samples=2000, seed=0)
+    assert result["t_test"]["p_value"] < 1e-6
+    assert result["bootstrap"]["p_value"] > 0.2 and result["seeds_a_better"] == 1
+    assert result["ci95_seeds"][0] < 0 < result["ci95_seeds"][1]
+
+
+def test_one_seed_is_the_row_bootstrap_and_a_run_trained_once_pairs_with_every_seed():
+    a, b = seed_table([0.05])
+    assert paired_bootstrap(a, b, samples=300, seed=4) == paired_bootstrap(a[0], b[0], samples=300, seed=4)
+    assert compare_systems(a, b)["ci95_seeds"] is None
+    a3, _ = seed_table([0.05, 0.05, 0.05])
+    once = compare_systems(a3, b[0], samples=300, seed=0)  # b trained once: seed k of a against that one run
+    assert once["per_seed_diff"] == pytest.approx(list((a3 - b[0]).mean(axis=1)))
+    with pytest.raises(ValueError, match="same seeds"):
+        compare_systems(a3, np.vstack([b, b]))

@@ -64,7 +64,7 @@ def fake_training(monkeypatch, tmp_path):
 
 def study_config(study_dir: Path, base: Path, *extra: str) -> ExperimentConfig:
     args = ["--study_dir", str(study_dir), "--base_model", str(base), "--prepare_model", "false",
-            "--grid", "{alpha: [0.5], chosen_source: [gold, sample]}", "--seeds", "[0]", "--retriever.top_k", "3",
+            "--grid", "{alpha: [0.5], pairs.chosen: [gold, sample]}", "--seeds", "[0]", "--retriever.top_k", "3",
             "--negatives.sampling.max_new_tokens", "8", "--negatives.max_prompt_tokens", "168",
             "--negatives.pool", "{min_size: 1, max_size: 1, batch_size: 64}",
             "--evaluate.max_new_tokens", "8", "--evaluate.max_prompt_tokens", "168",
@@ -163,6 +163,35 @@ def test_two_variant_study_resumes_shares_stages_and_tests_after_selection(ray_l
     assert (study / EVENTS).is_file()
 
 
+@pytest.mark.slow
+def test_grounded_pairs_study_over_two_seeds_reports_pairs_seeds_and_the_gaming_check(ray_local, fake_training,
+                                                                                      tmp_path):
+    study = tmp_path / "study"
+    cfg = study_config(study, fake_training.base, "--grid", "{alpha: [0.5], pairs.chosen: [best_of_n], "
+                       "pairs.min_margin: [null, 0.0]}", "--pairs.n", "2", "--pairs.score", "parent_f1",
+                       "--seeds", "[0, 1]", "--sft_per_seed", "[grounded]")
+    results = run_study(cfg)
+    manifests = {s: json.loads((study / s / MANIFEST).read_text()) for s in
+                 ("pairs/a0.5-best2-pf1-s1", "pairs/a0.5-best2-pf1-m0-s1", "sft_grounded-s1", "sft_ungrounded")}
+    margin = manifests["pairs/a0.5-best2-pf1-m0-s1"]["result"]["details"]
+    assert margin["kept"] + margin["dropped_by_margin"] + margin["without_candidate"] == margin["with_negative"]
+    assert manifests["pairs/a0.5-best2-pf1-s1"]["result"]["details"]["dropped_by_margin"] == 0
+    # Seeds: every baseline the bar compares against has one run per seed, and an interval over them.
+    assert results["systems"]["grounded-sft"]["runs"] == ["grounded-sft-s0", "grounded-sft-s1"]
+    assert results["systems"]["ungrounded-sft"]["runs"] == ["ungrounded-sft"]
+    assert len(results["systems"]["grounded-sft"]["metrics"]["parent_f1"]["ci95_seeds"]) == 2
+    assert results["significance"]["rac vs grounded-sft"]["parent_f1"]["seeds"] == 2
+    assert {e["pairs"] for e in results["pairs"]} == {"best2-pf1", "best2-pf1-m0"}
+    entry = next(e for e in results["pairs"] if e["pairs"] == "best2-pf1-m0")
+    assert entry["seeds"] == 2 and entry["validity"]["parent_f1"]["built_with"]
+    assert not entry["validity"]["parent_precision"]["built_with"]
+    assert results["metric_gaming"]["build_score"] == "parent_f1"
+    assert results["metric_gaming"]["check_score"] == "semantic_support"
+    md = (study / "results.md").read_text()
+    assert "## Pairs" in md and "dropped: margin" in md and "## Metric gaming check" in md and "not used" in md
+    assert set(results["diagnosis"]["validity_t2"]) == {"best2-pf1", "best2-pf1-m0"}
+
+
 def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
     from rac.experiment.config import SelectionConfig
     from rac.experiment.runner import SelectConfig, select_setting
@@ -192,7 +221,11 @@ def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
     ("{alpha: [], gamma: [0.5]}", "the grid is empty"),
     ("{alpha: [0.5], temperature: [0.7]}", "unknown variant key 'grid.temperature'"),
     ("{gama: [0.5]}", "Did you mean 'gamma'"),
-    ("{chosen_source: [silver]}", "chosen_source must be one of"),
+    ("{pairs.chosen: [silver]}", "pairs.chosen must be one of"),
+    ("{pairs: {chosen: [best_of_n]}, pairs.n: [1]}", "pairs.n must be >= 2 for best_of_n"),
+    ("{chosen_source: [gold]}", "grid.chosen_source is now grid.pairs.chosen"),
+    ("{pairs.min_margin: [fast]}", "pairs.min_margin must be a number"),
+    ("{pairs.score: [bleu]}", "pairs.score must be one of"),
     ("{gamma: [1.5]}", "gamma must be in"),
 ])
 def test_bad_grids_are_config_errors(grid, message):
@@ -216,8 +249,25 @@ def test_door_exits_2_on_an_empty_grid(tmp_path, capsys):
     assert not (tmp_path / "study").exists()
 
 
-@pytest.mark.parametrize("name", ["demo", "qulac"])
+@pytest.mark.parametrize("name", ["demo", "qulac", "qulac-pairs"])
 def test_checked_in_study_configs_parse(name):
     cfg = parse_config(ExperimentConfig, ["--config", str(REPO / "configs" / "experiments" / f"{name}.yaml")])
-    assert {v.chosen_source for v in cfg.variants()} == {"gold", "sample"}
     assert cfg.evaluate.max_prompt_tokens + cfg.evaluate.max_new_tokens <= cfg.rac.max_length
+    if name != "qulac-pairs":
+        assert {v.pairs.chosen for v in cfg.variants()} == {"gold", "sample"}
+        assert [v.name for v in cfg.variants()][0] == "rac-a0.5-g0.5-b0.1-sigmoid-gold"  # the names of before
+        return
+    # The grid, trimmed as its header says: the margin filter at alpha 0.5 only.
+    assert cfg.seeds == [0, 1, 2] and cfg.sft_per_seed == ["grounded"]
+    points = {(v.alpha, v.pairs.chosen, v.pairs.min_margin) for v in cfg.variants()}
+    assert points == {(a, c, None) for a in (0.5, 0.8) for c in ("sample", "best_of_n")} | \
+        {(0.5, c, 0.05) for c in ("sample", "best_of_n")}
+    assert {v.pairs.n for v in cfg.variants() if v.pairs.chosen == "best_of_n"} == {4}
+    assert {v.pairs.build_score for v in cfg.variants()} == {None, "semantic_support"}
+
+
+def test_a_list_of_grids_is_the_union_of_their_products():
+    cfg = parse_config(ExperimentConfig, ["--grid", "[{alpha: [0.5, 0.8]}, {alpha: [0.5], gamma: [0.5, 1.0]}]"])
+    assert [(v.alpha, v.gamma) for v in cfg.variants()] == [(0.5, 0.5), (0.8, 0.5), (0.5, 1.0)]
+    with pytest.raises(ConfigError, match="grid must be a mapping"):
+        parse_config(ExperimentConfig, ["--grid", "[[0.5]]"])

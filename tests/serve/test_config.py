@@ -69,7 +69,7 @@ def test_rayservice_embeds_the_serve_config_with_token_auth():
     ServeDeploySchema.model_validate(embedded)
     from_dict(ServeConfig, embedded["applications"][0]["args"])
     # Only the documented differences: host, paths on the volume, key from the mounted secret, and the
-    # generator on a GPU (dtype, device, the replica's GPU and its size).
+    # generator on a GPU (device, the replica's GPU and its size).
     local = _serve_config()
     allowed = copy.deepcopy(embedded)
     assert allowed["http_options"].pop("host") == "0.0.0.0"
@@ -79,8 +79,7 @@ def test_rayservice_embeds_the_serve_config_with_token_auth():
         args.pop("model_path")
         args["retriever"].pop("index_dir")
         args.pop("auth")
-        for key in ("dtype", "device"):
-            args.pop(key, None)
+        args.pop("device", None)
         for key in ("num_gpus", "gpu_memory_gb"):
             args["generator"]["deployment"].pop(key, None)
     assert allowed == local
@@ -178,3 +177,19 @@ def test_relative_paths_resolve_against_the_storage_root(tmp_path):
     assert cfg.model_path == str(tmp_path / "models" / "m")
     assert cfg.retriever.index_dir == str(tmp_path / "idx")
     assert cfg.auth.api_key_file == str(tmp_path / "secret" / "key")
+
+
+def test_cuda_serving_where_no_gpu_is_visible_is_refused_naming_the_setting(tiny_model_dir, monkeypatch):
+    import torch
+
+    from rac.serving.generator import QuestionGenerator
+    from serve.app import build_app
+
+    with pytest.raises(ConfigError, match=r"^device is 'cuda' but generator.deployment.num_gpus is 0: a Ray actor "
+                                          r"sees only the GPUs it reserves"):
+        build_app({"model_path": str(tiny_model_dir), "device": "cuda"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a replica that reserved a GPU but sees none
+    with pytest.raises(ConfigError, match=r"^device is 'cuda' but no GPU is visible to this actor"):
+        QuestionGenerator(tiny_model_dir, device="cuda", num_gpus=1)
+    generator = QuestionGenerator(tiny_model_dir, device="auto", num_gpus=1)
+    assert generator.device == "cpu" and next(generator.model.parameters()).device.type == "cpu"
