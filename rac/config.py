@@ -334,6 +334,20 @@ def write_run_info(out_dir: str | Path, stage: str, cfg: Any, **extra: Any) -> P
 # ----------------------------------------------------------------------------- shared sections
 
 
+def gpu_memory_field() -> Any:
+    """The config field of one GPU's memory, read by the memory plan (:mod:`rac.models.memory`)."""
+    return field_help(None, help="Memory of one GPU of the nodes this runs on, in GB, for the memory plan checked "
+                                 "before any work (None: from the accelerator_type Ray reports for the cluster's "
+                                 "GPU nodes, e.g. A10G = 24, H100 = 80; unknown: the plan is logged, not checked).")
+
+
+def check_gpu_memory(value: float | None, key: str) -> None:
+    """Refuse a GPU size that is not positive, naming ``key``."""
+    if value is not None and value <= 0:
+        raise ConfigError(f"{key} must be > 0 GB or null, got {value}")
+
+
+
 @dataclasses.dataclass
 class ActorPoolConfig:
     """Size and per-actor resources of a Ray Data actor pool (``ActorPoolStrategy``)."""
@@ -343,8 +357,10 @@ class ActorPoolConfig:
     num_cpus: float = field_help(1.0, help="CPUs reserved per actor.")
     num_gpus: float = field_help(0.0, help="GPUs reserved per actor (0 on CPU-only machines).")
     batch_size: int = field_help(64, help="Rows per batch handed to one actor call.")
+    gpu_memory_gb: float | None = gpu_memory_field()
 
     def __post_init__(self) -> None:
+        check_gpu_memory(self.gpu_memory_gb, "gpu_memory_gb")
         if self.min_size < 1:
             raise ConfigError(f"min_size must be at least 1, got {self.min_size}")
         if self.max_size < self.min_size:

@@ -31,8 +31,10 @@ from ray.serve.handle import DeploymentHandle
 
 from rac.config import ConfigError, from_dict
 from rac.models.factory import check_model_dir
+from rac.models.memory import check_plan
 from rac.serving.config import ServeConfig
 from rac.serving.generator import BatchStats, GenerationScheduler, QuestionGenerator
+from rac.serving.memory import memory_plan, uses_gpu
 from rac.serving.service import ServingError
 from rac.storage import resolve_storage, storage_root
 
@@ -163,7 +165,8 @@ def load_detector(cfg: ServeConfig) -> Any:
 
 
 def check_paths(cfg: ServeConfig) -> None:
-    """Fail at build time, before any replica starts, when the model or index is missing."""
+    """Fail at build time, before any replica starts, when the model or index is missing, or the
+    generator's memory plan does not fit its GPU."""
     model = check_model_dir(cfg.model_path, "model_path", "run `make run` first (it trains the RAC model "
                                                           "serve/config.yaml serves), or point model_path at "
                                                           "another exported model")
@@ -174,6 +177,8 @@ def check_paths(cfg: ServeConfig) -> None:
     if positions and needed > positions:
         raise ConfigError(f"generator.max_prompt_tokens + limits.max_new_tokens = {needed} exceeds the model's "
                           f"max_position_embeddings ({positions}); lower one of them")
+    if uses_gpu(cfg):
+        check_plan(memory_plan(cfg), "generator.deployment.gpu_memory_gb")
     if cfg.detector.path:
         from rac.detector import check_detector_dir
 

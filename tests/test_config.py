@@ -49,7 +49,7 @@ def test_help_lists_every_key_with_help(capsys):
     out = capsys.readouterr().out
     assert "retriever.elasticsearch.api_key_env" in out
     assert "BM25 k1" in out
-    assert config_reference(ActorPoolConfig).count("\n") == 4
+    assert config_reference(ActorPoolConfig).count("\n") == 5
 
 
 def test_run_info_records_config_versions_and_revision(tmp_path):

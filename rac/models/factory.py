@@ -87,6 +87,10 @@ class ModelConfig:
                      "DeepSpeed) and in the compute dtype where it does not (LoRA's frozen base; DeepSpeed keeps "
                      "its own float32 copy). The exported model is written in the base model's dtype.")
     attn_implementation: Attention = attention_field()
+    shape: str | None = field_help(
+        None, help="A config.json of the model's architecture (e.g. configs/models/llama-3.1-8b.json) for the "
+                   "memory plan (python -m jobs.plan), read when path holds no model yet: its weights live on "
+                   "the cluster's storage. The model's own config.json wins where there is one.")
     lora: LoraConfig = nested(LoraConfig, "LoRA adapters.")
 
     def __post_init__(self) -> None:

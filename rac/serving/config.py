@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rac.config import ConfigError, field_help, nested
+from rac.config import ConfigError, check_gpu_memory, field_help, gpu_memory_field, nested
 from rac.models.factory import (
     Attention,
     Device,
@@ -69,6 +69,7 @@ class DeploymentSection:
     num_cpus: float = field_help(1.0, help="CPUs reserved per replica.")
     num_gpus: float = field_help(0.0, help="GPUs reserved per replica (0 on CPU-only machines).")
     memory_gb: float | None = field_help(None, help="Memory reserved per replica in GiB (None: no reservation).")
+    gpu_memory_gb: float | None = gpu_memory_field()
     max_ongoing_requests: int = field_help(
         32, help="Requests one replica works on at once; the router queues the rest (max_queued_requests).")
     max_queued_requests: int = field_help(
@@ -80,6 +81,7 @@ class DeploymentSection:
             raise ConfigError("num_cpus and num_gpus must be >= 0")
         if self.memory_gb is not None and self.memory_gb <= 0:
             raise ConfigError(f"memory_gb must be > 0 or null, got {self.memory_gb}")
+        check_gpu_memory(self.gpu_memory_gb, "gpu_memory_gb")
         if self.max_ongoing_requests < 1:
             raise ConfigError(f"max_ongoing_requests must be at least 1, got {self.max_ongoing_requests}")
         if self.max_queued_requests < -1 or self.max_queued_requests == 0:

@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from rac.config import ConfigError, field_help, nested
+from rac.config import ConfigError, check_gpu_memory, field_help, gpu_memory_field, nested
 from rac.models.factory import ModelConfig
 from rac.models.prompts import PROMPT_FORMAT_FILE, PromptFormat
 
@@ -32,8 +32,10 @@ class ScalingSection:
     check_resources: bool = field_help(
         True, help="Refuse to start when the cluster cannot place the workers now (turn off on autoscaling "
                    "clusters that add nodes on demand).")
+    gpu_memory_gb: float | None = gpu_memory_field()
 
     def __post_init__(self) -> None:
+        check_gpu_memory(self.gpu_memory_gb, "scaling.gpu_memory_gb")
         if self.num_workers < 1:
             raise ConfigError(f"scaling.num_workers must be at least 1, got {self.num_workers}")
         if self.cpus_per_worker <= 0:
@@ -171,6 +173,8 @@ class TrainConfig:
     stage: ClassVar[str] = "train"
     #: TRL's training-arguments class of this kind (a field of ``trl``).
     trl_config: ClassVar[str] = "SFTConfig"
+    #: Rows of one example in a batch (the memory plan's activations).
+    rows_per_example: ClassVar[int] = 1
 
     input_dir: str = field_help("outputs/demo/retrieve", storage="path",
                                 help="Directory of the stage output to train on.")
@@ -259,6 +263,10 @@ class TrainConfig:
         """TRL's trainer of this kind (the project's subclass, :mod:`rac.training.engine`) on ``kwargs``."""
         raise NotImplementedError
 
+    def holds_reference_model(self) -> bool:
+        """Whether each worker keeps a frozen reference model beside the one it trains."""
+        return False
+
 
 @dataclass
 class PromptSection:
@@ -330,6 +338,10 @@ class RACConfig(TrainConfig):
 
     stage: ClassVar[str] = "train_rac"
     trl_config: ClassVar[str] = "DPOConfig"
+    rows_per_example: ClassVar[int] = 2  # the chosen and the rejected question
+
+    def holds_reference_model(self) -> bool:
+        return not self.precompute_ref_logps
 
     def read_rows(self) -> list[dict[str, Any]]:
         """The T2 rows with both a chosen and a rejected question."""

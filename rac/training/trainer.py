@@ -13,10 +13,12 @@ from typing import Any
 from rac.config import ConfigError, write_run_info
 from rac.failures import StageResult
 from rac.models.factory import load_tokenizer, warn_slow_bf16
+from rac.models.memory import check_plan
 from rac.storage import resolve_storage, storage_root
 from rac.training.checkpoints import checkpoint_storage
 from rac.training.config import DATA_DIR, EXPORT_DIR, METRICS_FILE, RACConfig, ScalingSection, SFTConfig, TrainConfig
 from rac.training.data import holdout_by_topic, write_dataset
+from rac.training.memory import memory_plan
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +73,14 @@ def build_datasets(cfg: TrainConfig, rows: list[dict[str, Any]]) -> dict[str, in
 
 
 def preflight(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Every check that needs no worker: model, data and its columns, batch, resources, and a
-    warning where ``model.dtype`` asks for bf16 on a CPU without it (the run proceeds).
+    """Every check that needs no worker: model, the memory plan on GPUs, data and its columns, batch,
+    resources, and a warning where ``model.dtype`` asks for bf16 on a CPU without it (the run proceeds).
 
     Returns the usable training rows (read once; :func:`build_datasets` tokenizes them).
     """
     cfg.model.check_exists()
+    if cfg.scaling.use_gpu:
+        check_plan(memory_plan(cfg), "scaling.gpu_memory_gb")
     warn_slow_bf16(cfg.model.dtype, cfg.scaling.use_gpu)
     rows = cfg.read_rows()
     if len(rows) < global_batch_size(cfg):

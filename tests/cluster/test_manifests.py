@@ -94,7 +94,11 @@ def test_rayjob_has_token_auth_and_a_gpu_group_that_scales_from_zero():
     assert spec["rayClusterSpec"]["authOptions"]["mode"] == "token"
     groups = {g["groupName"]: g for g in spec["rayClusterSpec"]["workerGroupSpecs"]}
     assert groups["gpu"]["minReplicas"] == 0 and groups["gpu"]["maxReplicas"] >= 1
-    assert _entry_points(spec["entrypoint"]) == [("jobs.pipeline", "configs/qulac.yaml")]
+    assert _entry_points(spec["entrypoint"]) == [("jobs.pipeline", "configs/llama-3.1-8b.yaml")]
+    # The GPU pods hold what the config's memory plan was checked against (tests/test_plan.py).
+    gpu = groups["gpu"]["template"]["spec"]
+    assert gpu["nodeSelector"]["nvidia.com/gpu.product"].startswith("NVIDIA-H100-80GB")
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
 
 
 def test_launcher_has_cpu_and_gpu_groups():

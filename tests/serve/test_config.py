@@ -68,7 +68,8 @@ def test_rayservice_embeds_the_serve_config_with_token_auth():
     assert service["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
     ServeDeploySchema.model_validate(embedded)
     from_dict(ServeConfig, embedded["applications"][0]["args"])
-    # Only the documented differences: host, paths on the volume, key from the mounted secret.
+    # Only the documented differences: host, paths on the volume, key from the mounted secret, and the
+    # generator on a GPU (device, the replica's GPU and its size).
     local = _serve_config()
     allowed = copy.deepcopy(embedded)
     assert allowed["http_options"].pop("host") == "0.0.0.0"
@@ -78,6 +79,9 @@ def test_rayservice_embeds_the_serve_config_with_token_auth():
         args.pop("model_path")
         args["retriever"].pop("index_dir")
         args.pop("auth")
+        args.pop("device", None)
+        for key in ("num_gpus", "gpu_memory_gb"):
+            args["generator"]["deployment"].pop(key, None)
     assert allowed == local
     auth = embedded["applications"][0]["args"]["auth"]
     assert auth["required"] is True and auth["api_key_file"].startswith("/etc/rac/")
