@@ -50,8 +50,12 @@ def init_ray() -> bool:
 
 
 def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = None,
-        use_ray: bool = True) -> int:
-    """Parse ``config_cls`` from argv, call ``fn(cfg)``; return the process exit code."""
+        use_ray: bool = True, preflight: Callable[[C], Any] | None = None) -> int:
+    """Parse ``config_cls`` from argv, call ``fn(cfg)``; return the process exit code.
+
+    ``preflight(cfg)`` runs the config's checks that need its resolved paths, before Ray starts:
+    a :class:`ConfigError` there exits 2, as one in parsing does.
+    """
     logging.basicConfig(level=os.environ.get("RAC_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prog = "python -m " + (sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else "jobs")
@@ -60,8 +64,8 @@ def run(config_cls: type[C], fn: Callable[[C], Any], argv: list[str] | None = No
         argv, storage = pop_option(argv, "--storage", "a directory")
         cfg = parse_config(config_cls, argv, prog=prog)
         root = prepare_storage(cfg, storage)  # every relative path made absolute here, before any work
-        if hasattr(cfg, "preflight"):
-            cfg.preflight()  # the config's checks that need its resolved paths
+        if preflight is not None:
+            preflight(cfg)  # the config's checks that need its resolved paths
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ from pathlib import Path
 from jobs._door import pop_option, run
 from rac.config import ConfigError
 from rac.pipeline import PipelineConfig, run_pipeline, summary_text
+from rac.plan import pipeline_preflight as preflight
 
 
 def main(cfg: PipelineConfig, start_from: str | None) -> None:
@@ -20,4 +21,4 @@ if __name__ == "__main__":
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(run(PipelineConfig, lambda cfg: main(cfg, start_from), argv=argv))
+    sys.exit(run(PipelineConfig, lambda cfg: main(cfg, start_from), argv=argv, preflight=preflight))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,34 @@ import yaml
 
 from rac.config import ConfigError, from_dict, load_yaml
 from rac.evaluation.memory import memory_plan as evaluate_plan
-from rac.models.memory import ModelShape, StagePlan, model_shape
+from rac.models.memory import ModelShape, StagePlan, check_plan, model_shape
 from rac.pipeline import PipelineConfig
 from rac.serving.config import ServeConfig
 from rac.serving.memory import memory_plan as serve_plan
 from rac.training.memory import memory_plan as training_plan
+
+logger = logging.getLogger(__name__)
+
+
+def uses_gpus(cfg: PipelineConfig) -> bool:
+    """Whether any stage of ``cfg`` runs on GPUs (training workers, or actor pools that reserve them)."""
+    return (cfg.sft.scaling.use_gpu or cfg.rac.scaling.use_gpu or cfg.negatives.pool.num_gpus > 0
+            or cfg.evaluate.pool.num_gpus > 0 or cfg.evaluate.score_pool.num_gpus > 0)
+
+
+def pipeline_preflight(cfg: PipelineConfig) -> None:
+    """What the pipeline's door checks before any work (a refusal exits 2): the base model
+    (:meth:`PipelineConfig.preflight`), then, where a stage runs on GPUs, every stage's memory
+    plan, as each stage's own preflight checks it again when it starts."""
+    cfg.preflight()
+    if not uses_gpus(cfg):
+        return
+    try:
+        plans = pipeline_plans(cfg)
+    except ConfigError as e:  # the packaged model, not prepared yet: each stage checks its own plan
+        logger.warning("memory plan not checked before the run: %s", e)
+        return
+    check_plan(plans, "gpu_memory_gb of the stage's resources")
 
 
 def base_shape(cfg: PipelineConfig) -> ModelShape:

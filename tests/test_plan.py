@@ -104,3 +104,22 @@ def test_negatives_evaluation_and_serving_refuse_a_plan_that_does_not_fit(tiny_m
                                       "generator": {"deployment": {"num_gpus": 1, "gpu_memory_gb": TOO_SMALL}}})
     with pytest.raises(ConfigError, match="serve does not fit the GPU.*generator.deployment.gpu_memory_gb"):
         check_paths(serving)
+
+
+def test_the_pipeline_door_refuses_a_plan_that_does_not_fit_before_any_work(tmp_path, capsys):
+    """The pipeline job checks every GPU stage's plan before the first stage: exit 2, the numbers,
+    the settings that fit, and no run directory."""
+    from jobs._door import run
+    from jobs.pipeline import main
+    from rac.plan import pipeline_preflight
+
+    base = tmp_path / "llama-3.1-8b"  # the shape alone: enough for the plan, no weights needed
+    base.mkdir()
+    (base / "config.json").write_text((REPO / "configs" / "models" / "llama-3.1-8b.json").read_text())
+    argv = ["--config", str(LLAMA), "--base_model", str(base), "--run_dir", str(tmp_path / "run"),
+            "--negatives.dtype", "float32", "--negatives.pool.gpu_memory_gb", str(GPU_MEMORY_GB["A10G"])]
+    assert run(PipelineConfig, lambda cfg: main(cfg, None), argv=argv, preflight=pipeline_preflight) == 2
+    err = capsys.readouterr().err
+    assert "config error: negatives does not fit the GPU: the memory plan needs" in err
+    assert "Settings that fit:" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

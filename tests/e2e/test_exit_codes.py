@@ -129,7 +129,8 @@ def test_each_door_exits_0_1_or_2_with_a_message_and_no_traceback(case, ray_loca
     module = importlib.import_module(f"jobs.{door}")
     config_cls = getattr(module, DOORS[door])
     main = (lambda cfg: module.main(cfg, None)) if door == "pipeline" else module.main
-    assert run(config_cls, main, argv=argv, use_ray=door != "prepare_model") == code
+    assert run(config_cls, main, argv=argv, use_ray=door != "prepare_model",
+               preflight=getattr(module, "preflight", None)) == code
     err = capfd.readouterr().err
     # In one process, Ray Data's own log handlers still hold the stderr an earlier test captured,
     # and logging reports writing to it ("--- Logging error ---" ... "Arguments: ..."): not the door's doing.
