@@ -247,8 +247,11 @@ class ExperimentConfig:
         from rac.pipeline import PipelineConfig
 
         stages = ["index", "retrieve"] + (["prepare_model"] if self.prepare_model else [])
+        # The pipeline wires the index into study_dir; the door's storage root may have made the
+        # default index_dir absolute, which the pipeline would take for a value given.
+        retriever = dataclasses.replace(self.retriever, index_dir=type(self.retriever)().index_dir)
         return PipelineConfig(run_dir=self.study_dir, stages=stages, base_model=self.base_model, data=self.data,
-                              retriever=self.retriever, index_pool=self.index_pool, retrieve_pool=self.retrieve_pool)
+                              retriever=retriever, index_pool=self.index_pool, retrieve_pool=self.retrieve_pool)
 
     def variants(self) -> list[Variant]:
         """The grid's variants in a fixed order (the product of the listed values; settings that make the

@@ -271,3 +271,17 @@ def test_a_list_of_grids_is_the_union_of_their_products():
     assert [(v.alpha, v.gamma) for v in cfg.variants()] == [(0.5, 0.5), (0.8, 0.5), (0.5, 1.0)]
     with pytest.raises(ConfigError, match="grid must be a mapping"):
         parse_config(ExperimentConfig, ["--grid", "[[0.5]]"])
+
+
+def test_the_study_door_resolves_paths_and_still_wires_the_index(tmp_path):
+    """What `python -m jobs.experiment` does before any work: every path under the storage root,
+    then the pipeline's own stages wired into study_dir (the resolved default index_dir is not
+    taken for a value the user gave)."""
+    from rac.storage import prepare_storage
+
+    cfg = parse_config(ExperimentConfig, ["--config", "configs/experiments/qulac-pairs.yaml"])
+    prepare_storage(cfg, str(tmp_path))
+    pipeline = cfg.pipeline_config()
+    assert pipeline.run_dir == str(tmp_path / "outputs/experiments/qulac-pairs")
+    assert pipeline.stage_configs()["retrieve"].retriever.index_dir == \
+        str(tmp_path / "outputs/experiments/qulac-pairs/index/bm25")
