@@ -4,6 +4,7 @@ import sys
 
 from jobs._door import run
 from rac.evaluation import EvaluateConfig, run_evaluate
+from rac.evaluation.memory import check_memory as preflight
 
 
 def main(cfg: EvaluateConfig) -> None:
@@ -19,4 +20,4 @@ def main(cfg: EvaluateConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run(EvaluateConfig, main))
+    sys.exit(run(EvaluateConfig, main, preflight=preflight))

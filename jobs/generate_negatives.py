@@ -5,6 +5,7 @@ import sys
 
 from jobs._door import run
 from rac.decoding import NegativesConfig, run_generate_negatives
+from rac.decoding.memory import check_memory as preflight
 
 
 def main(cfg: NegativesConfig) -> None:
@@ -18,4 +19,4 @@ def main(cfg: NegativesConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run(NegativesConfig, main))
+    sys.exit(run(NegativesConfig, main, preflight=preflight))

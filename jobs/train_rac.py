@@ -4,6 +4,7 @@ import sys
 
 from jobs._door import run
 from rac.training import RACConfig, run_rac
+from rac.training.memory import check_memory as preflight
 
 
 def main(cfg: RACConfig) -> None:
@@ -12,4 +13,4 @@ def main(cfg: RACConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run(RACConfig, main))
+    sys.exit(run(RACConfig, main, preflight=preflight))

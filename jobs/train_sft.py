@@ -4,6 +4,7 @@ import sys
 
 from jobs._door import run
 from rac.training import SFTConfig, run_sft
+from rac.training.memory import check_memory as preflight
 
 
 def main(cfg: SFTConfig) -> None:
@@ -13,4 +14,4 @@ def main(cfg: SFTConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run(SFTConfig, main))
+    sys.exit(run(SFTConfig, main, preflight=preflight))

@@ -123,3 +123,23 @@ def test_the_pipeline_door_refuses_a_plan_that_does_not_fit_before_any_work(tmp_
     assert "config error: negatives does not fit the GPU: the memory plan needs" in err
     assert "Settings that fit:" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("door", ["train_sft", "train_rac"])
+def test_a_stage_door_refuses_a_plan_that_does_not_fit_before_any_work(door, tmp_path, capsys):
+    """A stage's own job checks its memory plan before Ray starts: exit 2, as a bad config does."""
+    import importlib
+
+    from jobs._door import run
+
+    model = tmp_path / "llama-3.1-8b"  # the shape alone: the plan needs no weights
+    model.mkdir()
+    (model / "config.json").write_text((REPO / "configs" / "models" / "llama-3.1-8b.json").read_text())
+    module = importlib.import_module(f"jobs.{door}")
+    config_cls = module.SFTConfig if door == "train_sft" else module.RACConfig
+    argv = ["--model.path", str(model), "--output_dir", str(tmp_path / "out"), "--scaling.use_gpu", "true",
+            "--scaling.gpu_memory_gb", "24"]
+    assert run(config_cls, module.main, argv=argv, preflight=module.preflight) == 2
+    err = capsys.readouterr().err
+    assert "config error: train" in err and "does not fit the GPU" in err and "scaling.gpu_memory_gb" in err
+    assert not (tmp_path / "out").exists()

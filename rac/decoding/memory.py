@@ -11,6 +11,7 @@ from rac.models.memory import (
     ModelShape,
     StagePlan,
     actors_per_gpu,
+    check_plan,
     fitting_changes,
     gpu_memory,
     inference_candidates,
@@ -21,6 +22,13 @@ from rac.models.memory import (
     replace,
     weights_bytes,
 )
+
+
+def check_memory(cfg: NegativesConfig) -> None:
+    """The stage's memory check, on GPUs: its job's door runs it before any work (a refusal exits 2),
+    and :func:`rac.decoding.stage.run_generate_negatives` again."""
+    if uses_gpu(cfg):
+        check_plan(memory_plan(cfg), "pool.gpu_memory_gb")
 
 
 def uses_gpu(cfg: NegativesConfig) -> bool:

@@ -24,14 +24,13 @@ from rac.config import write_run_info
 from rac.data.loaders import DataFormatError
 from rac.data.schema import PASSAGE_TYPE
 from rac.decoding.config import NegativesConfig
-from rac.decoding.memory import memory_plan, uses_gpu
+from rac.decoding.memory import check_memory
 from rac.decoding.mixture import MixtureDecoder, MixtureSample, row_seed
 from rac.decoding.models import check_same_tokenizer, model_revision
 from rac.failures import StageResult
 from rac.models import PromptTooLongError, build_prompt, load_tokenizer
 from rac.models.factory import check_model_dir, load_causal_lm, resolve_device
 from rac.models.generation import GENERATION_FAILURE
-from rac.models.memory import check_plan
 from rac.parts import (
     PartWriter,
     check_params,
@@ -222,8 +221,7 @@ def run_generate_negatives(cfg: NegativesConfig) -> StageResult:
         check_model_dir(getattr(cfg, key), key, f"train it first (jobs.train_sft exports <output_dir>/model) or "
                                                 f"point {key} at a saved model")
     check_same_tokenizer(cfg.grounded_model, cfg.ungrounded_model)
-    if uses_gpu(cfg):
-        check_plan(memory_plan(cfg), "pool.gpu_memory_gb")
+    check_memory(cfg)
     revisions = {"grounded_model": model_revision(cfg.grounded_model, cfg.hash_weights),
                  "ungrounded_model": model_revision(cfg.ungrounded_model, cfg.hash_weights)}
     table = read_retrieved(cfg.input_dir, cfg.splits)

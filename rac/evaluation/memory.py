@@ -13,6 +13,7 @@ from rac.models.memory import (
     ModelShape,
     StagePlan,
     actors_per_gpu,
+    check_plan,
     fitting_changes,
     gpu_memory,
     inference_candidates,
@@ -92,3 +93,10 @@ def memory_plan(cfg: EvaluateConfig, shapes: list[ModelShape] | None = None,
                                                [], gpu_gb)
         plans.append(plan)
     return plans
+
+
+def check_memory(cfg: EvaluateConfig) -> None:
+    """The stage's memory check, on GPUs: its job's door runs it before any work (a refusal exits 2),
+    and :func:`rac.evaluation.stage.check_inputs` again."""
+    if cfg.device != "cpu" and (cfg.pool.num_gpus > 0 or cfg.score_pool.num_gpus > 0):
+        check_plan(memory_plan(cfg), "pool.gpu_memory_gb / score_pool.gpu_memory_gb")

@@ -33,7 +33,7 @@ from rac.evaluation.catalogue import MIXTURE_METRICS, ROW_METRICS
 from rac.evaluation.config import EvaluateConfig, SystemConfig
 from rac.evaluation.figures import build_report
 from rac.evaluation.grounding import parent_grounding
-from rac.evaluation.memory import memory_plan
+from rac.evaluation.memory import check_memory
 from rac.evaluation.reference import reference_scores
 from rac.evaluation.rendering import write_markdown, write_plots
 from rac.evaluation.scorers import (
@@ -46,7 +46,6 @@ from rac.evaluation.scorers import (
 from rac.failures import StageResult
 from rac.models.factory import check_model_dir, load_causal_lm, load_tokenizer, resolve_device
 from rac.models.generation import GENERATION_FAILURE, greedy_generate
-from rac.models.memory import check_plan
 from rac.models.prompts import PromptTooLongError, build_prompt, prompt_token_ids, question_from_text
 from rac.parts import read_stage_output
 from rac.placement import record_placement
@@ -319,8 +318,7 @@ def check_inputs(cfg: EvaluateConfig) -> Path | None:
                                                              "fluency_model")
     if cfg.detector:
         check_detector_dir(cfg.detector, "detector")
-    if cfg.device != "cpu" and (cfg.pool.num_gpus > 0 or cfg.score_pool.num_gpus > 0):
-        check_plan(memory_plan(cfg), "pool.gpu_memory_gb / score_pool.gpu_memory_gb")
+    check_memory(cfg)
     embedding_dir = resolve_embedding_model(cfg.embedding_model)
     if cfg.embedding_model and embedding_dir is None:
         logger.warning("embedding_model %s is neither a model directory nor an installed package that ships one "

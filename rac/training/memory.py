@@ -9,6 +9,7 @@ from rac.models.memory import (
     ModelShape,
     StagePlan,
     activation_bytes,
+    check_plan,
     fitting_changes,
     gpu_memory,
     lm_head_bytes,
@@ -107,3 +108,10 @@ def memory_plan(cfg: TrainConfig, shape: ModelShape | None = None, stage: str | 
 
         plan.suggestions = fitting_changes(estimate, cfg, plan.usable, _candidates(cfg), gpu_gb)
     return plan
+
+
+def check_memory(cfg: TrainConfig) -> None:
+    """The stage's memory check, on GPUs (:func:`rac.models.memory.check_plan`): its job's door runs it
+    before any work (a refusal exits 2), and :func:`rac.training.trainer.preflight` again."""
+    if cfg.scaling.use_gpu:
+        check_plan(memory_plan(cfg), "scaling.gpu_memory_gb")

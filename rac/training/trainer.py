@@ -13,12 +13,11 @@ from typing import Any
 from rac.config import ConfigError, write_run_info
 from rac.failures import StageResult
 from rac.models.factory import load_tokenizer, warn_slow_bf16
-from rac.models.memory import check_plan
 from rac.storage import resolve_storage, storage_root
 from rac.training.checkpoints import checkpoint_storage
 from rac.training.config import DATA_DIR, EXPORT_DIR, METRICS_FILE, RACConfig, ScalingSection, SFTConfig, TrainConfig
 from rac.training.data import holdout_by_topic, write_dataset
-from rac.training.memory import memory_plan
+from rac.training.memory import check_memory
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +78,7 @@ def preflight(cfg: TrainConfig) -> list[dict[str, Any]]:
     Returns the usable training rows (read once; :func:`build_datasets` tokenizes them).
     """
     cfg.model.check_exists()
-    if cfg.scaling.use_gpu:
-        check_plan(memory_plan(cfg), "scaling.gpu_memory_gb")
+    check_memory(cfg)
     warn_slow_bf16(cfg.model.dtype, cfg.scaling.use_gpu)
     rows = cfg.read_rows()
     if len(rows) < global_batch_size(cfg):
