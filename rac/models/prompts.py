@@ -147,6 +147,7 @@ def set_prompt_format(tokenizer: Any, prompt_format: str, key: str = "prompt.for
         raise ConfigError(f"{key} is chat but the tokenizer of {tokenizer.name_or_path} has no chat template; "
                           f"use an instruct model's tokenizer, or {key}: plain")
     tokenizer.rac_prompt_format = prompt_format
+    tokenizer.rac_bos_prefix = bos_prefix(tokenizer)  # asked once, not for every prompt counted
     return tokenizer
 
 
@@ -172,7 +173,10 @@ def prompt_token_ids(tokenizer: Any, text: str) -> list[int]:
         rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                  tokenize=False)
         return tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    return bos_prefix(tokenizer) + tokenizer(text, add_special_tokens=False)["input_ids"]
+    prefix = getattr(tokenizer, "rac_bos_prefix", None)
+    if prefix is None:  # a tokenizer not loaded by rac.models.load_tokenizer
+        prefix = bos_prefix(tokenizer)
+    return prefix + tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 #: What a lossy UTF-8 decoder puts for bytes that do not form a character.
