@@ -44,7 +44,8 @@ def words(text: str | None) -> int:
     return len((text or "").split())
 
 
-def _rows(study: Path, split: str, system: str) -> dict[str, dict[str, Any]]:
+def prediction_rows(study: Path, split: str, system: str) -> dict[str, dict[str, Any]]:
+    """The predictions of ``system`` in ``study/split`` (an evaluation stage's folder) by row id, words counted."""
     rows = pq.read_table(study / split / "predictions" / f"{system}.parquet").to_pylist()
     for r in rows:
         r["question_words"] = words(r["prediction"]) if r["error"] is None else None
@@ -242,7 +243,7 @@ def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], s
     families = {**{f: [seed_name(f, s) for s in cfg.seeds] if seeded else [f] for f, seeded in per_seed.items()},
                 CONTINUED_SFT: [seed_name(CONTINUED_SFT, s) for s in cfg.seeds],
                 RAC_SYSTEM: [seed_name(selected.name, s) for s in cfg.seeds]}
-    runs = {f: [_rows(study, "test", n) for n in names] for f, names in families.items()}
+    runs = {f: [prediction_rows(study, "test", n) for n in names] for f, names in families.items()}
     systems = {f: system_entry(test_report, names, runs[f], samples, seed) for f, names in families.items()}
     metrics = [m for m in (*ROW_METRICS, "question_words") if m in systems[GROUNDED_SFT]["metrics"]]
     comparisons = [(a, b) for b in (GROUNDED_SFT, CONTINUED_SFT) for a in families if a not in (b, GROUNDED_SFT)]

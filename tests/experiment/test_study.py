@@ -36,6 +36,7 @@ class FakeTraining:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.calls: list[tuple[str, list[str]]] = []
+        self.configs: dict[str, object] = {}
         self.fail_on: str | None = None
 
     def __call__(self, cfg):
@@ -43,6 +44,7 @@ class FakeTraining:
             raise Interrupted(cfg.output_dir)
         rows = cfg.read_rows()
         self.calls.append((cfg.output_dir, [r["id"] for r in rows]))
+        self.configs[cfg.output_dir] = cfg
         seed = int(hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:6], 16)
         save_tiny_model(Path(cfg.output_dir) / "model", seed=seed, tokenizer=self.tokenizer, weight_std=0.2)
         return StageResult("train", rows_in=len(rows), rows_out=len(rows))
@@ -54,10 +56,11 @@ def fake_training(monkeypatch, tmp_path):
 
     base = save_tiny_model(tmp_path / "base")
     fake = FakeTraining(AutoTokenizer.from_pretrained(str(base)))
-    # Where the study calls them (rac.experiment.runner imports them at the top), and in rac.training.
+    # Where the study and its ablation call them (imported at the top), and in rac.training.
     for module in ("rac.experiment.runner", "rac.training"):
         monkeypatch.setattr(f"{module}.run_sft", fake)
         monkeypatch.setattr(f"{module}.run_rac", fake)
+    monkeypatch.setattr("rac.experiment.ablation.run_rac", fake)
     fake.base = base
     return fake
 
@@ -191,6 +194,30 @@ def test_grounded_pairs_study_over_two_seeds_reports_pairs_seeds_and_the_gaming_
     assert "## Pairs" in md and "dropped: margin" in md and "## Metric gaming check" in md and "not used" in md
     assert set(results["diagnosis"]["validity_t2"]) == {"best2-pf1", "best2-pf1-m0"}
 
+    # The chosen-SFT ablation: per seed, gamma 0 on the very pairs the selected setting trained on,
+    # evaluated on validation and test and tested against the selected setting, seeds pooled.
+    from rac.experiment.ablation import run_chosen_sft_ablation
+
+    fake_training.calls.clear()
+    out = run_chosen_sft_ablation(cfg)
+    rows = {Path(d).name: ids for d, ids in fake_training.calls}
+    assert sorted(rows) == ["chosen-sft-s0", "chosen-sft-s1"]
+    for seed in (0, 1):
+        ablation = fake_training.configs[str(study / "ablation" / "train" / f"chosen-sft-s{seed}")]
+        rac = fake_training.configs[str(study / "train" / f"{results['selected']}-s{seed}")]
+        assert ablation.gamma == 0.0 and rac.gamma == 0.5 and ablation.input_dir == rac.input_dir
+        assert ablation.model.path == rac.model.path and ablation.seed == seed
+        assert sorted(rows[f"chosen-sft-s{seed}"]) == sorted(r["id"] for r in rac.read_rows())
+    test = out["splits"]["test"]
+    assert test["chosen-sft"]["runs"] == ["chosen-sft-s0", "chosen-sft-s1"]
+    assert test["significance"]["rac vs chosen-sft"]["parent_f1"]["seeds"] == 2
+    assert test["significance"]["chosen-sft vs grounded-sft"]["parent_f1"]["n"] == results["test_rows"]
+    assert set(out["splits"]) == {"val", "test"}
+    assert json.loads((study / "ablation" / "results.json").read_text())["selected"] == results["selected"]
+    before = len(read_events(study))
+    run_chosen_sft_ablation(cfg)
+    assert all(e["event"] == "skipped" for e in read_events(study)[before:])
+
 
 def test_selection_keeps_rouge_within_the_tolerance_of_grounded_sft(tmp_path):
     from rac.experiment.config import SelectionConfig
@@ -283,3 +310,11 @@ def test_the_study_door_resolves_paths_and_still_wires_the_index(tmp_path):
     assert pipeline.run_dir == str(tmp_path / "outputs/experiments/qulac-pairs")
     assert pipeline.stage_configs()["retrieve"].retriever.index_dir == \
         str(tmp_path / "outputs/experiments/qulac-pairs/index/bm25")
+
+
+def test_the_ablation_asks_for_the_finished_study_first(tmp_path):
+    from rac.experiment.ablation import run_chosen_sft_ablation
+
+    cfg = study_config(tmp_path / "study", tmp_path / "base")
+    with pytest.raises(FileNotFoundError, match=r"selection has no manifest: finish the study first"):
+        run_chosen_sft_ablation(cfg)
