@@ -2,7 +2,7 @@
 
 RAC's SFT term trains on C+. With ``pairs.chosen: best_of_n``, C+ is the grounded model's most
 grounded sample, not the gold question that the gamma = 0 baseline trains on. So RAC against
-gamma = 0 differs in two things: the preference term, and the SFT target. This script trains the
+gamma = 0 differs in two things: the preference term, and the SFT target. This trains the
 selected setting once more per seed with gamma = 0 on the *same pairs* (SFT on C+ alone, the
 rejection-sampling baseline), evaluates it on validation and on test, and tests it paired, seeds
 pooled, against the study's selected RAC setting and its baselines. It runs after the study, on
@@ -11,7 +11,7 @@ its stages (it reads its pairs, grounded models and test predictions, and select
     python -m jobs.ablation --config configs/experiments/qulac-pairs.yaml
 
 Outputs (resumable stages, as the study's): ``<study_dir>/ablation/train/chosen-sft-s<seed>/``,
-``ablation/validation/``, ``ablation/test/``, and ``ablation/results.json``.
+``ablation/val/``, ``ablation/test/``, and ``ablation/results.json``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from rac.config import ConfigError
 from rac.data.schema import VALIDATION_SPLIT
 from rac.evaluation import run_evaluate
 from rac.evaluation.catalogue import ROW_METRICS
-from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, SystemConfig
+from rac.evaluation.config import CONTINUED_SFT, GROUNDED_SFT, RAC_SYSTEM, SystemConfig
 from rac.experiment.config import ExperimentConfig
-from rac.experiment.results import paired, prediction_rows, system_entry
+from rac.experiment.results import paired, prediction_rows, system_entry, system_families
 from rac.experiment.runner import Study
 from rac.experiment.study import seed_name
 from rac.pipeline import read_manifest
@@ -74,11 +74,7 @@ def run_chosen_sft_ablation(cfg: ExperimentConfig) -> dict[str, Any]:
         study.stage(f"ablation/{split}", ev, run_evaluate, ["splits", *stages])
 
     samples, boot_seed = cfg.evaluate.bootstrap_samples, cfg.evaluate.seed
-    names = {CHOSEN_SFT: [s.name for s in systems],
-             "rac": [seed_name(selected.name, s) for s in cfg.seeds],
-             CONTINUED_SFT: [seed_name(CONTINUED_SFT, s) for s in cfg.seeds],
-             GROUNDED_SFT: [seed_name(GROUNDED_SFT, s) for s in cfg.seeds] if "grounded" in cfg.sft_per_seed
-             else [GROUNDED_SFT]}
+    names = {CHOSEN_SFT: [s.name for s in systems], **system_families(cfg, selected.name)}
     out = {"selected": selected.name, "pairs": study.pairs_stage(selected, cfg.seeds[0]), "splits": {}}
     for split, baseline_dir in ((VALIDATION_SPLIT, "validation"), ("test", "test")):
         runs = {f: [prediction_rows(study.path("ablation"), split, n) if f == CHOSEN_SFT else
@@ -88,7 +84,7 @@ def run_chosen_sft_ablation(cfg: ExperimentConfig) -> dict[str, Any]:
         out["splits"][split] = {
             CHOSEN_SFT: system_entry(report, names[CHOSEN_SFT], runs[CHOSEN_SFT], samples, boot_seed),
             "significance": {f"{a} vs {b}": paired(runs[a], runs[b], metrics, samples, boot_seed)
-                             for a, b in (("rac", CHOSEN_SFT), (CHOSEN_SFT, GROUNDED_SFT),
+                             for a, b in ((RAC_SYSTEM, CHOSEN_SFT), (CHOSEN_SFT, GROUNDED_SFT),
                                           (CHOSEN_SFT, CONTINUED_SFT))}}
     path = study.path("ablation", "results.json")
     path.write_text(json.dumps(out, indent=2, default=str))

@@ -234,15 +234,21 @@ def metric_gaming(selected: Variant, significance: dict[str, Any]) -> dict[str, 
     return out
 
 
+def system_families(cfg: ExperimentConfig, selected: str) -> dict[str, list[str]]:
+    """The evaluated systems of each family (the baselines, and RAC as the ``selected`` variant): one
+    run per seed, or one run for an SFT model trained once."""
+    per_seed = {GROUNDED_SFT: "grounded" in cfg.sft_per_seed, UNGROUNDED_SFT: "ungrounded" in cfg.sft_per_seed}
+    return {**{f: [seed_name(f, s) for s in cfg.seeds] if seeded else [f] for f, seeded in per_seed.items()},
+            CONTINUED_SFT: [seed_name(CONTINUED_SFT, s) for s in cfg.seeds],
+            RAC_SYSTEM: [seed_name(selected, s) for s in cfg.seeds]}
+
+
 def write_results(cfg: ExperimentConfig, study: Path, variants: list[Variant], selected: Variant,
                   manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Write ``results.json``, ``results.md`` and ``plots/`` into ``study``; returns the results."""
     samples, seed = cfg.evaluate.bootstrap_samples, cfg.evaluate.seed
     test_report = json.loads((study / "test" / "report.json").read_text())
-    per_seed = {GROUNDED_SFT: "grounded" in cfg.sft_per_seed, UNGROUNDED_SFT: "ungrounded" in cfg.sft_per_seed}
-    families = {**{f: [seed_name(f, s) for s in cfg.seeds] if seeded else [f] for f, seeded in per_seed.items()},
-                CONTINUED_SFT: [seed_name(CONTINUED_SFT, s) for s in cfg.seeds],
-                RAC_SYSTEM: [seed_name(selected.name, s) for s in cfg.seeds]}
+    families = system_families(cfg, selected.name)
     runs = {f: [prediction_rows(study, "test", n) for n in names] for f, names in families.items()}
     systems = {f: system_entry(test_report, names, runs[f], samples, seed) for f, names in families.items()}
     metrics = [m for m in (*ROW_METRICS, "question_words") if m in systems[GROUNDED_SFT]["metrics"]]
